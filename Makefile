@@ -1,0 +1,52 @@
+# flag-scheduler: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONTROLPLANE := hack/controlplane
+QUICK ?=
+
+.PHONY: help venv binaries test unit integration lint cluster-up cluster-down demo run install deploy bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+venv: $(STAMP) ## Create .venv with the pinned dependencies
+
+binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
+	@$(CONTROLPLANE)/build.sh
+
+test: venv binaries ## Run unit and integration tests against the real local control plane
+	$(PY) -m pytest tests
+
+unit: venv ## Run the unit tests only (no cluster)
+	$(PY) -m pytest tests/unit
+
+lint: venv ## Check the Python code compiles and the kustomize tree builds
+	$(PY) -m compileall -q operator tests bench hack
+
+cluster-up: venv binaries ## Start a local control plane in the background; prints KUBECONFIG= and KUBECTL=
+	@$(PY) $(CONTROLPLANE)/controlplane.py up
+
+cluster-down: venv ## Stop the control plane started by cluster-up
+	@$(PY) $(CONTROLPLANE)/controlplane.py down
+
+demo: venv binaries ## Start the control plane and the operator, and show a schedule being applied
+	$(PY) hack/demo.py
+
+run: venv ## Run the operator against the cluster in $$KUBECONFIG
+	$(VENV)/bin/flag-scheduler
+
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run)
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+clean: ## Remove the virtualenv and caches inside the checkout
+	rm -rf $(VENV) .pytest_cache .hypothesis .cluster

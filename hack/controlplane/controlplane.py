@@ -1,0 +1,441 @@
+"""Start and stop a real local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager.
+
+Used by the pytest fixtures, ``make cluster-up``/``make cluster-down``, ``make demo`` and the
+benchmarks. It runs the binaries that ``build.sh`` builds from the Go module proxy (the way
+controller-runtime's envtest runs downloaded ones), on free loopback ports, in a temporary
+directory, with:
+
+- RBAC authorization and static bearer tokens: ``admin`` (``system:masters``) and the non-admin
+  identities in ``USERS`` for RBAC tests;
+- a service-account signing key, so TokenRequest works;
+- an audit log (``audit.log`` in the directory, JSON lines, written synchronously) recording every
+  write to the ``flagscheduler.dev`` group and to leases: verb, resource, name, user, code;
+- kube-controller-manager with the garbage collector, namespace and service-account controllers.
+
+Every child runs with ``PR_SET_PDEATHSIG``, so a crashed or killed test run takes its control plane
+with it; stale temporary directories of dead runs are removed at the next start.
+
+Command line (``python hack/controlplane/controlplane.py``):
+``up`` starts a detached control plane and prints ``KUBECONFIG=...`` and ``KUBECTL=...``;
+``down`` stops it; ``serve`` is what ``up`` runs in the background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TMP_PREFIX = "flag-scheduler-cp-"
+ADMIN = "admin"
+# Non-admin identities: name -> groups. None of them is bound to any role by the launcher.
+USERS: dict[str, list[str]] = {"alice": [], "bob": [], "carol": []}
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+    resources:
+      - group: "flagscheduler.dev"
+      - group: "coordination.k8s.io"
+        resources: ["leases"]
+  - level: None
+"""
+STATE_FILE = Path(os.environ.get("FLAG_SCHEDULER_CLUSTER_STATE", HERE.parents[1] / ".cluster" / "state.json"))
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane did not come up; the message carries the failing component's log tail."""
+
+
+def binaries_dir() -> Path:
+    """Build (or find in the cache) the binaries and return their directory."""
+    override = os.environ.get("FLAG_SCHEDULER_BIN_DIR")
+    if override:
+        return Path(override)
+    out = subprocess.run([str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_dirs() -> None:
+    """Remove temporary directories left by control planes whose owner process is gone."""
+    for d in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if not owner or not _pid_alive(owner):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_key(path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@dataclass
+class Component:
+    """One started process and its log file."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the component's log."""
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class ControlPlane:
+    """A running etcd + kube-apiserver + kube-controller-manager on loopback ports."""
+
+    fsync: bool = True
+    bin_dir: Path = field(default_factory=binaries_dir)
+    dir: Path = field(init=False)
+    components: list[Component] = field(default_factory=list, init=False)
+    etcd_port: int = field(default=0, init=False)
+    api_port: int = field(default=0, init=False)
+    tokens: dict[str, str] = field(default_factory=dict, init=False)
+
+    # -- public surface -------------------------------------------------------------------
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.bin_dir / "kubectl"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "audit.log"
+
+    def kubeconfig(self, user: str = ADMIN) -> Path:
+        """Path of a kubeconfig that authenticates as ``user`` (``admin`` or one of ``USERS``)."""
+        return self.dir / f"{user}.kubeconfig"
+
+    def write_token_kubeconfig(self, name: str, token: str) -> Path:
+        """Write a kubeconfig for an arbitrary bearer token (e.g. a ServiceAccount's) and return it."""
+        path = self.dir / f"{name}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": self.server, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": name}}],
+            "current-context": "local",
+        }
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self, timeout: float = 60.0) -> ControlPlane:
+        """Start all components and return once the API server is ready."""
+        remove_stale_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
+        try:
+            self._start_etcd(timeout)
+            self._start_apiserver(timeout)
+            self._start_controller_manager(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this instance started and remove its directory."""
+        for comp in reversed(self.components):
+            if comp.proc.poll() is None:
+                comp.proc.terminate()
+        deadline = time.monotonic() + 10
+        for comp in reversed(self.components):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                comp.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if comp.proc.poll() is None:
+                comp.proc.kill()
+                comp.proc.wait()
+        self.components.clear()
+        if getattr(self, "dir", None):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver and start it again on the same port, keeping etcd's data."""
+        comp = next(c for c in self.components if c.name == "kube-apiserver")
+        comp.proc.terminate()
+        comp.proc.wait(timeout=30)
+        self.components.remove(comp)
+        self._launch_apiserver(timeout)
+
+    def versions(self) -> tuple[str, str]:
+        """(kube-apiserver gitVersion, etcd server version) read from the running servers."""
+        api = json.loads(self._get(f"{self.server}/version"))["gitVersion"]
+        etcd = json.loads(self._get(f"http://127.0.0.1:{self.etcd_port}/version"))["etcdserver"]
+        return api, f"v{etcd}"
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals ------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        log = self.dir / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [str(self.bin_dir / name.split("#")[0]), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                cwd=self.dir,
+            )
+        comp = Component(name, proc, log)
+        self.components.append(comp)
+        return comp
+
+    def _get(self, url: str, token: str | None = None) -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        req = urllib.request.Request(url)
+        if token or url.startswith("https"):
+            req.add_header("Authorization", f"Bearer {token or self.tokens[ADMIN]}")
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+            return resp.read()
+
+    def _wait(self, comp: Component, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if comp.proc.poll() is not None:
+                raise ControlPlaneError(f"{comp.name} exited with {comp.proc.returncode}:\n{comp.tail()}")
+            try:
+                self._get(url)
+                return
+            except Exception as err:  # noqa: BLE001 - any failure means "not ready yet"
+                last = str(err)
+            time.sleep(0.1)
+        raise ControlPlaneError(f"{comp.name} not ready after {timeout:.0f}s ({last}):\n{comp.tail()}")
+
+    def _start_etcd(self, timeout: float) -> None:
+        self.etcd_port, peer = free_port(), free_port()
+        args = [
+            "--name=default",
+            f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+            "--log-level=warn",
+        ]
+        if not self.fsync:
+            args.append("--unsafe-no-fsync")
+        comp = self._spawn("etcd", args)
+        self._wait(comp, f"http://127.0.0.1:{self.etcd_port}/health", timeout)
+
+    def _start_apiserver(self, timeout: float) -> None:
+        self.api_port = free_port()
+        _write_key(self.dir / "sa.key")
+        self.tokens = {ADMIN: os.urandom(16).hex(), **{u: os.urandom(16).hex() for u in USERS}}
+        rows = [f'{self.tokens[ADMIN]},{ADMIN},uid-{ADMIN},"system:masters"']
+        for user, groups in USERS.items():
+            rows.append(f'{self.tokens[user]},{user},uid-{user},"{",".join(groups)}"')
+        (self.dir / "tokens.csv").write_text("\n".join(rows) + "\n")
+        (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        for user in [ADMIN, *USERS]:
+            self.write_token_kubeconfig(user, self.tokens[user])
+        self._launch_apiserver(timeout)
+
+    def _launch_apiserver(self, timeout: float) -> None:
+        d = self.dir
+        comp = self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # loopback may not be a Service endpoint
+                f"--secure-port={self.api_port}",
+                f"--cert-dir={d / 'certs'}",
+                "--authorization-mode=RBAC",
+                f"--token-auth-file={d / 'tokens.csv'}",
+                f"--service-account-key-file={d / 'sa.key'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--api-audiences=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--audit-policy-file={d / 'audit-policy.yaml'}",
+                f"--audit-log-path={d / 'audit.log'}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+                "--v=1",
+            ],
+        )
+        self._wait(comp, f"{self.server}/readyz", timeout)
+
+    def _start_controller_manager(self, timeout: float) -> None:
+        port = free_port()
+        comp = self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={self.kubeconfig(ADMIN)}",
+                f"--authentication-kubeconfig={self.kubeconfig(ADMIN)}",
+                f"--authorization-kubeconfig={self.kubeconfig(ADMIN)}",
+                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.dir / 'kcm-certs'}",
+                "--v=1",
+            ],
+        )
+        self._wait(comp, f"https://127.0.0.1:{port}/healthz", timeout)
+
+
+# -- command line: a detached control plane for people and scripts ---------------------------
+
+
+def _serve() -> None:
+    cp = ControlPlane(fsync=os.environ.get("FLAG_SCHEDULER_FSYNC", "1") != "0")
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        cp.start()
+    except ControlPlaneError as err:
+        STATE_FILE.write_text(json.dumps({"error": str(err)}))
+        raise SystemExit(1) from err
+    STATE_FILE.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "kubeconfig": str(cp.kubeconfig()),
+                "kubectl": str(cp.kubectl),
+                "audit_log": str(cp.audit_log),
+                "dir": str(cp.dir),
+            }
+        )
+    )
+    try:
+        while not stop and all(c.proc.poll() is None for c in cp.components):
+            time.sleep(0.2)
+    finally:
+        cp.stop()
+        with contextlib.suppress(OSError):
+            STATE_FILE.unlink()
+
+
+def _up() -> None:
+    _down(quiet=True)
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    binaries_dir()  # build in the foreground, so its progress is visible
+    log = STATE_FILE.with_name("serve.log")
+    with open(log, "wb") as out:
+        subprocess.Popen(
+            [sys.executable, __file__, "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if STATE_FILE.exists():
+            state = json.loads(STATE_FILE.read_text())
+            if "error" in state:
+                STATE_FILE.unlink()
+                raise SystemExit(f"control plane failed to start:\n{state['error']}")
+            print(f"KUBECONFIG={state['kubeconfig']}")
+            print(f"KUBECTL={state['kubectl']}")
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"control plane did not start; see {log}")
+
+
+def _down(quiet: bool = False) -> None:
+    if not STATE_FILE.exists():
+        if not quiet:
+            print("no control plane running")
+        return
+    state = json.loads(STATE_FILE.read_text())
+    pid = state.get("pid")
+    if pid and _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        STATE_FILE.unlink()
+    if not quiet:
+        print("control plane stopped")
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: ``up``, ``down`` or ``serve``."""
+    commands = {"up": _up, "down": _down, "serve": _serve}
+    if len(argv) != 1 or argv[0] not in commands:
+        raise SystemExit("usage: controlplane.py up|down|serve")
+    commands[argv[0]]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
