@@ -1,0 +1,67 @@
+"""Operator configuration: one pydantic-settings class, environment prefix ``FLAG_SCHEDULER_``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flag_scheduler.timing import RetryLimits
+
+
+class Settings(BaseSettings):
+    """Every setting, read once at start; an invalid value stops the process naming the variable."""
+
+    model_config = SettingsConfigDict(env_prefix="FLAG_SCHEDULER_", extra="ignore")
+
+    max_retries: int = Field(3, ge=0, le=100, description="Retries after the first failed attempt.")
+    backoff_seconds: float = Field(30, gt=0, description="Delay before the first retry; doubles per retry.")
+    max_backoff_seconds: float = Field(3600, gt=0, description="Cap on the delay between retries.")
+    log_format: Literal["json", "console"] = Field("json", description="structlog renderer.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
+    health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
+    max_concurrency: int = Field(64, ge=1, le=10000, description="Flags changed in parallel.")
+    lease_name: str = "flag-scheduler"
+    lease_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "flag-scheduler-system"))
+    lease_duration_seconds: float = Field(15, gt=0)
+    renew_deadline_seconds: float = Field(10, gt=0)
+    retry_period_seconds: float = Field(2, gt=0)
+    identity: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    )
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.max_backoff_seconds < self.backoff_seconds:
+            raise ValueError("FLAG_SCHEDULER_MAX_BACKOFF_SECONDS must be >= FLAG_SCHEDULER_BACKOFF_SECONDS")
+        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "need FLAG_SCHEDULER_RETRY_PERIOD_SECONDS < FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS"
+                " < FLAG_SCHEDULER_LEASE_DURATION_SECONDS"
+            )
+        return self
+
+    def retry_limits(self, max_retries: int | None, backoff: float | None, max_backoff: float | None) -> RetryLimits:
+        """The operator defaults, overridden field by field by a schedule's ``spec.retry``."""
+        return RetryLimits(
+            max_retries=self.max_retries if max_retries is None else max_retries,
+            backoff_seconds=self.backoff_seconds if backoff is None else backoff,
+            max_backoff_seconds=self.max_backoff_seconds if max_backoff is None else max_backoff,
+        )
+
+
+def load_settings() -> Settings:
+    """Read the environment; exit with one line per bad variable if it is invalid."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            var = "FLAG_SCHEDULER_" + "_".join(str(p) for p in e["loc"]).upper() if e["loc"] else ""
+            lines.append(f"invalid configuration: {var} {e['msg']}".replace("  ", " "))
+        raise SystemExit("\n".join(lines)) from None

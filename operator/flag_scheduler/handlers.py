@@ -1,0 +1,40 @@
+"""Kopf registration, and nothing else: watch flags and schedules, hand each event to the runtime.
+
+Only ``@kopf.on.event`` is used: it neither writes annotations nor adds finalizers, so deleting a
+flag or schedule never waits for the operator and a schedule costs no Kopf bookkeeping writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
+from flag_scheduler.runtime import Runtime
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.enabled = False  # our own Events only, about our own objects
+    settings.scanning.disabled = True  # no CRD/namespace scanning: needs no extra RBAC
+    settings.batching.batch_window = 0.01  # react to a change within milliseconds
+    settings.watching.server_timeout = 300
+    memo.runtime = await Runtime.start(memo.settings)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime = getattr(memo, "runtime", None)
+    if runtime is not None:
+        await runtime.close()
+
+
+@kopf.on.event(GROUP, VERSION, SCHEDULES)
+async def schedule_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.observe_schedule(event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, FLAGS)
+async def flag_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.observe_flag(event.get("type"), event["object"])

@@ -1,0 +1,58 @@
+"""First sight of a schedule: own it by its flag (for garbage collection) and say if the flag is missing.
+
+A new schedule reads back as ``Pending`` through the CRD's status default, so this costs one write
+(the ownerReference) when the flag exists, and one status write plus a Warning Event when it does not.
+"""
+
+from __future__ import annotations
+
+from kubernetes.aio.client.exceptions import ApiException
+
+from flag_scheduler import status
+from flag_scheduler.apply import Ctx, write_status
+from flag_scheduler.kube import describe
+from flag_scheduler.logs import get_logger
+from flag_scheduler.models import GROUP, VERSION, FeatureFlag, FlagSchedule
+from flag_scheduler.status import FLAG_FOUND
+
+
+def needs_housekeeping(schedule: FlagSchedule, flag: FeatureFlag | None) -> bool:
+    """True if the schedule lacks its ownerReference, or its FlagFound condition is out of date."""
+    found = next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None)
+    if flag is None:
+        return not schedule.status.phase.terminal and found != "False"
+    return not schedule.owned or found == "False"
+
+
+async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | None) -> None:
+    """Bring a schedule's ownerReference and FlagFound condition in line with its flag."""
+    log = get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace)
+    now = ctx.clock()
+    if flag is None:
+        message = f"FeatureFlag {schedule.spec.flag_ref.name!r} does not exist in namespace {schedule.ref.namespace!r}"
+        await write_status(ctx, schedule, status.flag_found_status(schedule, False, message, now))
+        ctx.event(schedule, "Warning", "FlagNotFound", message + "; the schedule fails at its due time unless it appears")
+        log.warning("schedule.flag_not_found")
+        return
+    if not schedule.owned:
+        owners = [
+            *schedule.owner_references,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "FeatureFlag",
+                "name": flag.ref.name,
+                "uid": flag.ref.uid,
+            },
+        ]
+        try:
+            body = await ctx.kube.set_owner(schedule.ref, owners)
+        except ApiException as err:
+            if err.status in (404, 409):
+                return  # deleted, or changed under us: the next watch event brings it back here
+            log.warning("schedule.owner_failed", error=describe(err))
+            raise
+        ctx.book.put_schedule(body)
+        schedule = FlagSchedule.from_body(body)
+    if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
+        message = f"FeatureFlag {flag.ref.name!r} exists"
+        await write_status(ctx, schedule, status.flag_found_status(schedule, True, message, now))

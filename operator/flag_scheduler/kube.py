@@ -1,0 +1,156 @@
+"""Every request the operator makes to the API server, through the official ``kubernetes.aio`` client.
+
+Writes are JSON merge patches. Spec and metadata patches of a flag use the field manager
+``flag-scheduler`` (so Argo CD can ignore exactly those fields); writes that must not race carry
+``metadata.resourceVersion``, which the API server treats as a precondition (409 on mismatch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from kubernetes.aio import client, config
+from kubernetes.aio.client.exceptions import ApiException
+
+from flag_scheduler.models import (
+    ANNOTATION_SCHEDULE,
+    ANNOTATION_SCHEDULE_UID,
+    FIELD_MANAGER,
+    FLAGS,
+    GROUP,
+    SCHEDULES,
+    VERSION,
+    FlagSchedule,
+    ObjectRef,
+)
+
+MERGE = "application/merge-patch+json"
+# Failures below HTTP: the server did not answer.
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+def rfc3339(moment: datetime) -> str:
+    """Format a timestamp the way Kubernetes prints them, with milliseconds."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def describe(err: BaseException) -> str:
+    """A one-line error for status.lastError: HTTP status, reason and the server's message."""
+    if isinstance(err, ApiException):
+        message = ""
+        try:
+            body = json.loads(err.body or "{}")
+            message = body.get("message", "")
+            reason = body.get("reason") or err.reason
+        except ValueError:
+            reason, message = err.reason, (err.body or "")[:300]
+        return f"{err.status} {reason}: {message}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+class Kube:
+    """The operator's API client: flags, schedules, events."""
+
+    def __init__(self, api: client.ApiClient, identity: str) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.identity = identity
+
+    @classmethod
+    async def connect(cls, identity: str, pool_size: int) -> Kube:
+        """Load in-cluster config in a pod, else ``$KUBECONFIG``/``~/.kube/config``."""
+        configuration = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            await config.load_kube_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        return cls(client.ApiClient(configuration), identity)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def list_all(self, plural: str, namespaces: list[str]) -> list[dict[str, Any]]:
+        """Every object of a kind in the watched namespaces (all namespaces if the list is empty)."""
+        if not namespaces:
+            result = await self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            return result["items"]
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            items += (await self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural))["items"]
+        return items
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read one object; None if it does not exist."""
+        try:
+            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule) -> dict[str, Any]:
+        """Apply a schedule's updates and the exactly-once marker to the flag, in one request."""
+        body = {
+            "metadata": {
+                "resourceVersion": flag.resource_version,
+                "annotations": {ANNOTATION_SCHEDULE: schedule.ref.name, ANNOTATION_SCHEDULE_UID: schedule.ref.uid},
+            },
+            "spec": schedule.spec.updates.as_patch(),
+        }
+        return await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, flag.namespace, FLAGS, flag.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+        )
+
+    async def patch_flag_status(self, flag: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
+        """Record on the flag which schedule changed it last (not a race: only the leader writes it)."""
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, flag.namespace, FLAGS, flag.name, {"status": status},
+            field_manager=FIELD_MANAGER, _content_type=MERGE,
+        )
+
+    async def patch_schedule_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
+        """Write a schedule's status, on the condition that it has not changed since ``ref`` was read."""
+        body = {"metadata": {"resourceVersion": ref.resource_version}, "status": status}
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+        )
+
+    async def set_owner(self, ref: ObjectRef, owners: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace a schedule's ownerReferences (preconditioned on its resourceVersion)."""
+        body = {"metadata": {"resourceVersion": ref.resource_version, "ownerReferences": owners}}
+        return await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+        )
+
+    async def post_event(self, ref: ObjectRef, kind: str, type_: str, reason: str, message: str, now: datetime) -> None:
+        """Post a core/v1 Event about a flag or schedule (shown by ``kubectl describe``)."""
+        stamp = rfc3339(now)
+        event = {
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": kind,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": ref.uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": f"{GROUP}/{FIELD_MANAGER}",
+            "reportingInstance": self.identity[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "eventTime": None,
+            "count": 1,
+            "action": reason,
+        }
+        await self.core.create_namespaced_event(ref.namespace, event)

@@ -1,0 +1,18 @@
+"""Prometheus metrics, served on the metrics port at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+APPLIED = Counter("flag_scheduler_schedules_applied_total", "Schedules applied to their flag.")
+RETRIED = Counter("flag_scheduler_schedules_retried_total", "Failed attempts that will be retried.")
+FAILED = Counter("flag_scheduler_schedules_failed_total", "Schedules that ran out of retries.")
+MISSED = Counter("flag_scheduler_schedules_missed_total", "Schedules reached after their starting deadline.")
+CANCELLED = Counter("flag_scheduler_schedules_cancelled_total", "Schedules cancelled before they ran.")
+LATENESS = Histogram(
+    "flag_scheduler_lateness_seconds",
+    "Time from a schedule's due time to its flag change.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+PENDING = Gauge("flag_scheduler_pending_schedules", "Schedules not yet terminal (Pending or Retrying).")
+IS_LEADER = Gauge("flag_scheduler_is_leader", "1 while this replica holds the leader Lease.")

@@ -1,0 +1,142 @@
+"""The dispatcher: one task that sleeps until the earliest due time, then works on the flags that are due.
+
+There is no per-object timer and no polling. Each flag with schedules has one planned wake-up time
+(``timing.next_action_at``, or now when first-sight housekeeping is owed) in a heap; every watch event
+or write re-plans that one flag and wakes the dispatcher if the new time is earlier than its sleep.
+Work on one flag runs in one task at a time (order per flag); different flags run in parallel up to
+``max_concurrency`` (isolation: a failing flag holds one slot for one attempt, never the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from datetime import datetime, timedelta
+
+from flag_scheduler import metrics
+from flag_scheduler.apply import Ctx, apply_schedule, cancel_schedule, miss_schedule
+from flag_scheduler.book import Key
+from flag_scheduler.housekeeping import needs_housekeeping, tidy_schedule
+from flag_scheduler.kube import describe
+from flag_scheduler.logs import get_logger
+from flag_scheduler.timing import Action, action, head_of_line, next_action_at
+
+# After an unexpected error (API server down, 5xx on a status write) a flag is looked at again after this.
+ERROR_PAUSE = timedelta(seconds=2)
+log = get_logger()
+
+
+class Dispatcher:
+    """Plans a wake-up per flag and runs due work; active only while ``leading`` is set."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.leading = asyncio.Event()
+        self._heap: list[tuple[datetime, int, Key]] = []
+        self._planned: dict[Key, datetime] = {}
+        self._running: set[Key] = set()
+        self._paused_until: dict[Key, datetime] = {}
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(ctx.settings.max_concurrency)
+        self._tasks: set[asyncio.Task] = set()
+
+    def plan(self, flag: Key) -> None:
+        """Recompute when ``flag`` next needs work; call after anything about it changed."""
+        if flag in self._running:
+            return  # the running task plans the flag again when it ends
+        when = self._next_time(flag)
+        if when is None:
+            self._planned.pop(flag, None)
+            return
+        if self._planned.get(flag) == when:
+            return
+        self._planned[flag] = when
+        heapq.heappush(self._heap, (when, next(self._seq), flag))
+        if self._heap[0][2] == flag:
+            self._wakeup.set()
+
+    def _next_time(self, flag: Key) -> datetime | None:
+        now = self.ctx.clock()
+        schedules = self.ctx.book.schedules_of(flag)
+        when = next_action_at(schedules, now)
+        owner = self.ctx.book.flag(flag)
+        if any(needs_housekeeping(s, owner) for s in schedules):
+            when = now
+        paused = self._paused_until.get(flag)
+        if when is not None and paused is not None:
+            when = max(when, paused)
+        return when
+
+    async def run(self) -> None:
+        """Forever: wait to lead, sleep until the earliest planned time, start the due flags."""
+        while True:
+            await self.leading.wait()
+            now = self.ctx.clock()
+            while self._heap and self._heap[0][0] <= now and self.leading.is_set():
+                when, _, flag = heapq.heappop(self._heap)
+                if self._planned.get(flag) != when:
+                    continue  # superseded by a later plan
+                del self._planned[flag]
+                self._start(flag)
+            self._wakeup.clear()
+            timeout = (self._heap[0][0] - now).total_seconds() if self._heap else None
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+            metrics.PENDING.set(self.ctx.book.pending_count())
+
+    def _start(self, flag: Key) -> None:
+        self._running.add(flag)
+        task = asyncio.create_task(self._work(flag), name=f"flag {flag[0]}/{flag[1]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, flag: Key) -> None:
+        try:
+            async with self._slots:
+                await self._work_due(flag)
+            self._paused_until.pop(flag, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - isolate: log, pause this flag, keep the others going
+            log.exception("flag.error", namespace=flag[0], flag=flag[1], error=describe(err))
+            self._paused_until[flag] = self.ctx.clock() + ERROR_PAUSE
+        finally:
+            self._running.discard(flag)
+            self.plan(flag)
+
+    async def _work_due(self, flag: Key) -> None:
+        """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
+        ctx = self.ctx
+        while self.leading.is_set():
+            now = ctx.clock()
+            schedules = ctx.book.schedules_of(flag)
+            for schedule in schedules:
+                if action(schedule, now) is Action.CANCEL:
+                    await cancel_schedule(ctx, schedule)
+            head = head_of_line(ctx.book.schedules_of(flag))
+            todo = Action.WAIT if head is None else action(head, now)
+            if todo is Action.APPLY:
+                await apply_schedule(ctx, head)
+            elif todo is Action.MISS:
+                await miss_schedule(ctx, head)
+            else:
+                break
+        owner = ctx.book.flag(flag)
+        for schedule in ctx.book.schedules_of(flag):
+            if self.leading.is_set() and needs_housekeeping(schedule, owner):
+                await tidy_schedule(ctx, schedule, owner)
+
+    async def stop(self) -> None:
+        """Cancel in-flight work (used at shutdown and when leadership is lost)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def replan_all(self) -> None:
+        """Plan every flag that has schedules (after the initial listing, or on becoming leader)."""
+        for flag in self.ctx.book.flag_keys():
+            self.plan(flag)

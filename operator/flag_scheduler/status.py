@@ -1,0 +1,75 @@
+"""Builders of the status a schedule or flag gets after each outcome (plain dicts, merge-patch ready)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flag_scheduler.kube import rfc3339
+from flag_scheduler.models import Condition, FlagSchedule, Phase
+
+APPLIED = "Applied"
+FLAG_FOUND = "FlagFound"
+
+
+def condition(
+    previous: list[Condition], type_: str, status: bool, reason: str, message: str, generation: int, now: datetime
+) -> dict[str, Any]:
+    """A metav1.Condition; ``lastTransitionTime`` moves only when ``status`` flips."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": rfc3339(since),
+        "observedGeneration": generation,
+    }
+
+
+def _with(previous: list[Condition], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """All conditions, with ``new`` replacing the one of its type."""
+    kept = [c.model_dump(by_alias=True, mode="json", exclude_none=True) for c in previous if c.type != new["type"]]
+    return [*kept, new]
+
+
+def schedule_status(
+    schedule: FlagSchedule,
+    now: datetime,
+    phase: Phase,
+    reason: str,
+    message: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The schedule's status for ``phase``, the ``Applied`` condition saying why."""
+    gen = schedule.ref.generation
+    applied = condition(schedule.status.conditions, APPLIED, phase is Phase.APPLIED, reason, message, gen, now)
+    status = {
+        "phase": phase.value,
+        "observedGeneration": gen,
+        "retryCount": schedule.status.retry_count,
+        "nextRetryAt": None,
+        "conditions": _with(schedule.status.conditions, applied),
+    }
+    status.update(fields)
+    return status
+
+
+def flag_found_status(schedule: FlagSchedule, found: bool, message: str, now: datetime) -> dict[str, Any]:
+    """Only the ``FlagFound`` condition changes; phase and retries stay as they are."""
+    cond = condition(
+        schedule.status.conditions, FLAG_FOUND, found, "Found" if found else "NotFound", message,
+        schedule.ref.generation, now,
+    )
+    return {"phase": schedule.status.phase.value, "conditions": _with(schedule.status.conditions, cond)}
+
+
+def flag_status(schedule: FlagSchedule, flag_generation: int, now: datetime) -> dict[str, Any]:
+    """What the flag records about the schedule that changed it last."""
+    return {
+        "lastAppliedSchedule": schedule.ref.name,
+        "lastAppliedAt": rfc3339(now),
+        "observedGeneration": flag_generation,
+    }
