@@ -133,9 +133,10 @@ async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
         schedule, now, Phase.APPLIED, "Applied", f"FeatureFlag {flag.ref.name} updated",
         appliedAt=rfc3339(now), lastError=None,
     )
-    await write_status(ctx, schedule, new)
+    # The flag's record first, so whoever sees the schedule Applied also finds it on the flag.
     body = await ctx.kube.patch_flag_status(flag.ref, status.flag_status(schedule, flag.ref.generation, now))
     ctx.book.put_flag(body)
+    await write_status(ctx, schedule, new)
     metrics.APPLIED.inc()
     ctx.event(schedule, "Normal", "Applied", f"Applied to FeatureFlag {flag.ref.name}: {schedule.spec.updates.as_patch()}")
     get_logger(flag=flag.ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace).info(

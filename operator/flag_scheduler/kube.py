@@ -76,8 +76,26 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def list_all(self, plural: str, namespaces: list[str]) -> list[dict[str, Any]]:
-        """Every object of a kind in the watched namespaces (all namespaces if the list is empty)."""
+    async def list_all(self, plural: str, namespaces: list[str], patience: float = 60.0) -> list[dict[str, Any]]:
+        """Every object of a kind in the watched namespaces (all namespaces if the list is empty).
+
+        Retries for up to ``patience`` seconds while the server is not ready to answer (429 while a
+        new CRD's storage initializes, 5xx, connection errors), as happens right after install.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                return await self._list_all(plural, namespaces)
+            except ApiException as err:
+                if err.status not in (429, 500, 502, 503, 504) or loop.time() > deadline:
+                    raise
+            except TRANSPORT_ERRORS:
+                if loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+    async def _list_all(self, plural: str, namespaces: list[str]) -> list[dict[str, Any]]:
         if not namespaces:
             result = await self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
             return result["items"]

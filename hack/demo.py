@@ -1,0 +1,87 @@
+"""``make demo``: a real control plane, the CRDs, the operator, and one schedule applied on time.
+
+Ends by itself when not on a terminal (or with CI=true); on a terminal it keeps the operator and
+control plane running until Ctrl-C, so you can try kubectl against them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "hack" / "controlplane"), str(REPO / "operator")]
+
+from controlplane import ControlPlane  # noqa: E402
+
+FLAG = """
+apiVersion: flagscheduler.dev/v1alpha1
+kind: FeatureFlag
+metadata: {name: checkout-v2, namespace: default}
+spec: {enabled: false, rolloutPercentage: 0, description: New checkout flow}
+"""
+SCHEDULE = """
+apiVersion: flagscheduler.dev/v1alpha1
+kind: FlagSchedule
+metadata: {{name: checkout-v2-go-live, namespace: default}}
+spec:
+  flagRef: {{name: checkout-v2}}
+  scheduledAt: "{at}"
+  updates: {{enabled: true, rolloutPercentage: 25}}
+"""
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
+
+
+def main() -> None:
+    with ControlPlane(fsync=True) as cp:
+        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig())}
+
+        def kubectl(*args: str, stdin: str | None = None) -> str:
+            out = subprocess.run([str(cp.kubectl), *args], env=env, input=stdin, text=True,
+                                 capture_output=True, check=True)
+            return out.stdout
+
+        say(f"control plane up: {' '.join(kubectl('get', '--raw', '/version').split())}")
+        print(f"KUBECONFIG={cp.kubeconfig()}\nKUBECTL={cp.kubectl}")
+        kubectl("apply", "-f", str(REPO / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+        say("operator starting (console logs below)")
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "flag_scheduler"],
+            env={**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0",
+                 "FLAG_SCHEDULER_METRICS_PORT": "0"},
+        )
+        try:
+            at = datetime.now(UTC) + timedelta(seconds=10)
+            kubectl("apply", "-f", "-", stdin=FLAG)
+            kubectl("apply", "-f", "-", stdin=SCHEDULE.format(at=at.strftime("%Y-%m-%dT%H:%M:%SZ")))
+            time.sleep(1)
+            say(f"before ({datetime.now(UTC):%H:%M:%S}Z), schedule due at {at:%H:%M:%S}Z")
+            print(kubectl("get", "ff,fs", "-n", "default"))
+            kubectl("wait", "--for=condition=Applied", "flagschedule/checkout-v2-go-live", "-n", "default",
+                    "--timeout=60s")
+            say(f"after ({datetime.now(UTC):%H:%M:%S}Z)")
+            print(kubectl("get", "ff,fs", "-n", "default"))
+            print(kubectl("get", "ff", "checkout-v2", "-n", "default", "-o",
+                          "jsonpath=flag spec now: {.spec}{'\\n'}applied at: {.status.lastAppliedAt}{'\\n'}"))
+            if sys.stdin.isatty() and os.environ.get("CI", "").lower() not in ("1", "true"):
+                say("demo running; try the kubectl line above with KUBECONFIG set. Ctrl-C to stop.")
+                try:
+                    operator.wait()
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            operator.terminate()
+            operator.wait(timeout=15)
+    say("stopped; nothing left running")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Helpers for tests that run the operator: start it as a process, make objects, wait for outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+
+from controlplane import ControlPlane
+
+GROUP, VERSION = "flagscheduler.dev", "v1alpha1"
+T = TypeVar("T")
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def in_seconds(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+class OperatorProcess:
+    """``python -m flag_scheduler`` as a separate OS process, watching the given namespaces."""
+
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "FLAG_SCHEDULER_NAMESPACES": json.dumps(namespaces),
+            "FLAG_SCHEDULER_LOG_FORMAT": "json",
+            "FLAG_SCHEDULER_HEALTH_PORT": "0",
+            "FLAG_SCHEDULER_METRICS_PORT": "0",
+            "FLAG_SCHEDULER_BACKOFF_SECONDS": "1",
+            "FLAG_SCHEDULER_MAX_BACKOFF_SECONDS": "2",
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flag_scheduler"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
+        out.close()
+        wait_for(lambda: "operator.started" in self.log_path.read_text()[offset:] or self._died(), timeout,
+                 what="operator.started in the operator's log")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+        return self
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The operator's JSON log lines (non-JSON lines skipped)."""
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+
+class Cluster:
+    """Flags and schedules in one namespace, through the official client as admin."""
+
+    def __init__(self, api_client: k8s.ApiClient, cp: ControlPlane, namespace: str) -> None:
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.cp = cp
+        self.ns = namespace
+
+    def flag(self, name: str, enabled: bool = False, rollout: int = 0, **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FeatureFlag",
+            "metadata": {"name": name},
+            "spec": {"enabled": enabled, "rolloutPercentage": rollout, **spec},
+        }
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "featureflags", body)
+
+    def schedule(self, name: str, flag: str, at: datetime, updates: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FlagSchedule",
+            "metadata": {"name": name},
+            "spec": {"flagRef": {"name": flag}, "scheduledAt": rfc3339(at), "updates": updates, **spec},
+        }
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "flagschedules", body)
+
+    def get_flag(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "featureflags", name)
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "flagschedules", name)
+
+    def patch_schedule(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "flagschedules", name, {"spec": spec}
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get_schedule(name).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the schedule's status.phase is ``phase``; return the status."""
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") == phase and s, timeout, what=f"{name} phase {phase}"
+        )
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """(type, reason, message) of the Events about object ``name``."""
+        items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
+        return [{"type": e.type, "reason": e.reason, "message": e.message} for e in items]
+
+    def audit(self, resource: str, verb: str | None = None) -> list[dict[str, Any]]:
+        """Audit entries for ``resource`` in this namespace (subresource as ``featureflags/status``).
+
+        Dry-run requests (the tests' own probes) are left out: they change nothing.
+        """
+        out = []
+        for line in self.cp.audit_log.read_text().splitlines():
+            e = json.loads(line)
+            ref = e.get("objectRef", {})
+            res = ref.get("resource", "") + ("/" + ref["subresource"] if ref.get("subresource") else "")
+            if "dryRun=" in e.get("requestURI", ""):
+                continue
+            if ref.get("namespace") == self.ns and res == resource and (verb is None or e["verb"] == verb):
+                out.append(e)
+        return out
