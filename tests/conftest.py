@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,19 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
 def api_client(control_plane: ControlPlane) -> k8s.ApiClient:
     """A synchronous official-client ApiClient authenticated as the admin."""
     return k8s_config.new_client_from_config(config_file=str(control_plane.kubeconfig()))
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Kubectl) -> None:
+    """The project's CRDs from ``crds/``, Established and served."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
+    # Established comes a moment before discovery and the storage serve the new kinds.
+    deadline = time.monotonic() + 60
+    while kubectl("get", "featureflags,flagschedules", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("the CRDs were Established but their resources were not served within 60 s")
+        time.sleep(0.2)
 
 
 @pytest.fixture

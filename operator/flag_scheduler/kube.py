@@ -39,8 +39,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+# The CRD bounds status.lastError (and condition messages) so one odd error cannot bloat etcd.
+MAX_ERROR_LENGTH = 4096
+
+
 def describe(err: BaseException) -> str:
     """A one-line error for status.lastError: HTTP status, reason and the server's message."""
+    return _describe(err)[:MAX_ERROR_LENGTH]
+
+
+def _describe(err: BaseException) -> str:
     if isinstance(err, ApiException):
         message = ""
         try:

@@ -20,6 +20,7 @@ SCHEDULES = "flagschedules"
 ANNOTATION_SCHEDULE = f"{GROUP}/last-applied-schedule"
 ANNOTATION_SCHEDULE_UID = f"{GROUP}/last-applied-schedule-uid"
 FIELD_MANAGER = "flag-scheduler"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class _Model(BaseModel):
@@ -75,7 +76,7 @@ class FeatureFlagStatus(_Model):
 class FlagRef(_Model):
     """The FeatureFlag a schedule changes, in the schedule's namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
 
 
 class FlagUpdates(_Model):
@@ -116,7 +117,7 @@ class FlagScheduleStatus(_Model):
     applied_at: datetime | None = Field(default=None, alias="appliedAt")
     retry_count: int = Field(default=0, alias="retryCount", ge=0)
     next_retry_at: datetime | None = Field(default=None, alias="nextRetryAt")
-    last_error: str | None = Field(default=None, alias="lastError")
+    last_error: str | None = Field(default=None, alias="lastError", max_length=4096)
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
     conditions: list[Condition] = Field(default_factory=list)
 
