@@ -68,9 +68,9 @@ class FeatureFlagStatus(_Model):
     """What the operator last did to the flag."""
 
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
-    last_applied_schedule: str | None = Field(default=None, alias="lastAppliedSchedule")
+    last_applied_schedule: str | None = Field(default=None, alias="lastAppliedSchedule", max_length=253)
     last_applied_at: datetime | None = Field(default=None, alias="lastAppliedAt")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
 class FlagRef(_Model):
@@ -119,7 +119,7 @@ class FlagScheduleStatus(_Model):
     next_retry_at: datetime | None = Field(default=None, alias="nextRetryAt")
     last_error: str | None = Field(default=None, alias="lastError", max_length=4096)
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
 class ObjectRef(_Model):
