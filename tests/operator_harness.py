@@ -53,6 +53,8 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "FLAG_SCHEDULER_NAMESPACES": json.dumps(namespaces),
+            # Each test's operator elects itself in the test's namespace, apart from every other test.
+            "FLAG_SCHEDULER_LEASE_NAMESPACE": namespaces[0],
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",

@@ -1,9 +1,16 @@
 """Carry out what timing decided for one schedule: apply, retry, fail, cancel, miss.
 
-Every step is safe to re-run after a crash. The flag PATCH carries the schedule's uid in an
-annotation and the flag's resourceVersion as a precondition, so a change lands at most once: a
-second attempt either sees the marker (the change landed, only the status is missing) or fails
-with 409 and re-reads. Status writes are preconditioned on the schedule's resourceVersion.
+Every step is safe to re-run after a crash, and fenced against a deposed leader:
+
+1. the leader *claims* the schedule (``status.claimedBy``, a status write with a resourceVersion
+   precondition) before it touches the flag; the claim is usually made at first sight, so it
+   costs nothing at the due time, and a new leader claims again before it acts;
+2. right before the flag PATCH it checks that its Lease renewal is fresh (``Ctx.is_leader``);
+3. the flag PATCH carries the schedule's uid in an annotation and the flag's resourceVersion as a
+   precondition, so a change lands at most once: a second attempt either sees the marker (the
+   change landed, only the status is missing) or fails with 409; after a 409 the schedule is read
+   again and the attempt is abandoned if it is finished or claimed by another replica.
+Status writes are preconditioned on the schedule's resourceVersion.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ class ApplyFailure(Exception):
     """The flag could not be changed this time; ``str()`` is what status.lastError shows."""
 
 
+class StandDown(Exception):
+    """Another replica owns this work now, or this one is no longer surely the leader: stop, write nothing."""
+
+
 @dataclass
 class Ctx:
     """What every step needs: the client, the book, settings, a clock and a jitter source."""
@@ -41,6 +52,7 @@ class Ctx:
     settings: Settings
     clock: Callable[[], datetime]
     jitter: Callable[[], float] = random.random
+    is_leader: Callable[[], bool] = lambda: True
     background: set[asyncio.Task] = field(default_factory=set)
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:
@@ -56,8 +68,13 @@ class Ctx:
             get_logger().warning("event.failed", error=describe(task.exception()))
 
 
-async def write_status(ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any]) -> FlagSchedule | None:
-    """Write the schedule's status; on a conflict re-read and write again unless it became terminal."""
+async def write_status(
+    ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any], steal: bool = False
+) -> FlagSchedule | None:
+    """Write the schedule's status; on a conflict re-read and write again unless it became terminal.
+
+    A conflict that shows another replica's claim stands down, except for a claim (``steal``).
+    """
     for _ in range(CONFLICT_ATTEMPTS):
         try:
             body = await ctx.kube.patch_schedule_status(schedule.ref, new_status)
@@ -75,6 +92,8 @@ async def write_status(ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, A
             schedule = FlagSchedule.from_body(fresh)
             if schedule.status.phase.terminal:
                 return schedule
+            if not steal and schedule.status.claimed_by not in (None, ctx.settings.identity):
+                raise StandDown(f"the schedule was claimed by {schedule.status.claimed_by}")
             continue
         ctx.book.put_schedule(body)
         return FlagSchedule.from_body(body)
@@ -94,11 +113,16 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag:
             flag = FeatureFlag.from_body(body)
         if flag.applied_schedule_uid == schedule.ref.uid:
             return flag  # landed earlier: a crash came between the flag patch and the status write
+        if not ctx.is_leader():
+            raise StandDown("the leader Lease was not renewed in time")
         try:
             body = await ctx.kube.patch_flag_spec(flag.ref, schedule)
         except ApiException as err:
             if err.status == 409:
-                flag = None  # someone changed the flag since we read it: read again, check the marker
+                # Someone changed the flag since we read it. If that was another leader finishing this
+                # schedule (and maybe later ones), the marker alone could mislead: check the schedule.
+                schedule = await _still_ours(ctx, schedule)
+                flag = None
                 continue
             if err.status == 404:
                 ctx.book.drop_flag(*key)
@@ -108,6 +132,31 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag:
         ctx.book.put_flag(body)
         return FeatureFlag.from_body(body)
     raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
+
+
+async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
+    """Hold the schedule for this replica (``status.claimedBy``) unless it already does."""
+    if not ctx.is_leader():
+        raise StandDown("the leader Lease was not renewed in time")
+    if schedule.status.claimed_by == ctx.settings.identity:
+        return schedule
+    claimed = await write_status(ctx, schedule, {"claimedBy": ctx.settings.identity}, steal=True)
+    if claimed is None or claimed.status.phase.terminal:
+        raise StandDown("the schedule was deleted or finished meanwhile")
+    return claimed
+
+
+async def _still_ours(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
+    """Read the schedule again; stand down if it is gone, finished, or claimed by another replica."""
+    body = await _read(ctx, SCHEDULES, (schedule.ref.namespace, schedule.ref.name))
+    if body is None:
+        ctx.book.drop_schedule(schedule.ref.namespace, schedule.ref.name)
+        raise StandDown("the schedule was deleted")
+    ctx.book.put_schedule(body)
+    fresh = FlagSchedule.from_body(body)
+    if fresh.status.phase.terminal or fresh.status.claimed_by != ctx.settings.identity:
+        raise StandDown(f"the schedule is {fresh.status.phase.value}, claimed by {fresh.status.claimed_by}")
+    return fresh
 
 
 async def _read(ctx: Ctx, plural: str, key: tuple[str, str]) -> dict[str, Any] | None:
@@ -123,6 +172,7 @@ async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
     """Apply a due schedule, recording Applied, or Retrying/Failed on failure."""
     due = schedule.status.next_retry_at if schedule.status.phase is Phase.RETRYING else schedule.spec.scheduled_at
     try:
+        schedule = await claim(ctx, schedule)
         flag = await land_change(ctx, schedule)
     except ApplyFailure as failure:
         await record_failure(ctx, schedule, str(failure))

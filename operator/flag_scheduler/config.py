@@ -26,11 +26,15 @@ class Settings(BaseSettings):
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
     max_concurrency: int = Field(64, ge=1, le=10000, description="Flags changed in parallel.")
-    lease_name: str = "flag-scheduler"
-    lease_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "flag-scheduler-system"))
-    lease_duration_seconds: float = Field(15, gt=0)
-    renew_deadline_seconds: float = Field(10, gt=0)
-    retry_period_seconds: float = Field(2, gt=0)
+    lease_name: str = Field("flag-scheduler", description="Name of the leader-election Lease.")
+    lease_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE") or "flag-scheduler-system",
+        description="Namespace of the Lease: the pod's own (POD_NAMESPACE), else flag-scheduler-system.",
+    )
+    # Whole seconds: the Lease stores leaseDurationSeconds as an integer.
+    lease_duration_seconds: int = Field(15, ge=2, description="How long a Lease lasts without renewal.")
+    renew_deadline_seconds: float = Field(10, ge=1, description="A leader that cannot renew for this long stops.")
+    retry_period_seconds: float = Field(2, ge=1, description="Interval between acquire/renew attempts.")
     identity: str = Field(
         default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     )
@@ -39,9 +43,10 @@ class Settings(BaseSettings):
     def _check_relations(self) -> Settings:
         if self.max_backoff_seconds < self.backoff_seconds:
             raise ValueError("FLAG_SCHEDULER_MAX_BACKOFF_SECONDS must be >= FLAG_SCHEDULER_BACKOFF_SECONDS")
-        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+        # The same relations client-go (and kubernetes.aio's elector) insist on.
+        if not 1.2 * self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
             raise ValueError(
-                "need FLAG_SCHEDULER_RETRY_PERIOD_SECONDS < FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS"
+                "need 1.2 x FLAG_SCHEDULER_RETRY_PERIOD_SECONDS < FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS"
                 " < FLAG_SCHEDULER_LEASE_DURATION_SECONDS"
             )
         return self

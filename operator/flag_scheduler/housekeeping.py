@@ -1,7 +1,9 @@
-"""First sight of a schedule: own it by its flag (for garbage collection) and say if the flag is missing.
+"""First sight of a schedule: own it by its flag, claim it, and say if the flag is missing.
 
-A new schedule reads back as ``Pending`` through the CRD's status default, so this costs one write
-(the ownerReference) when the flag exists, and one status write plus a Warning Event when it does not.
+A new schedule reads back as ``Pending`` through the CRD's status default. First sight costs two
+writes: the ownerReference (so deleting the flag garbage-collects the schedule) and the leader's
+claim (``status.claimedBy``, which also carries ``FlagFound=False`` when the flag is missing).
+Claiming here, not at the due time, keeps the due-time path to the flag patch and the status write.
 """
 
 from __future__ import annotations
@@ -17,20 +19,27 @@ from flag_scheduler.status import FLAG_FOUND
 
 
 def needs_housekeeping(schedule: FlagSchedule, flag: FeatureFlag | None) -> bool:
-    """True if the schedule lacks its ownerReference, or its FlagFound condition is out of date."""
+    """True if the schedule lacks its ownerReference or a claim, or its FlagFound condition is out of date."""
+    if schedule.status.phase.terminal:
+        return False
     found = next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None)
+    unclaimed = schedule.status.claimed_by is None
     if flag is None:
-        return not schedule.status.phase.terminal and found != "False"
-    return not schedule.owned or found == "False"
+        return found != "False" or unclaimed
+    return not schedule.owned or found == "False" or unclaimed
 
 
 async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | None) -> None:
     """Bring a schedule's ownerReference and FlagFound condition in line with its flag."""
     log = get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace)
     now = ctx.clock()
+    claim = {} if schedule.status.claimed_by is not None else {"claimedBy": ctx.settings.identity}
     if flag is None:
+        if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
+            await write_status(ctx, schedule, claim)
+            return
         message = f"FeatureFlag {schedule.spec.flag_ref.name!r} does not exist in namespace {schedule.ref.namespace!r}"
-        await write_status(ctx, schedule, status.flag_found_status(schedule, False, message, now))
+        await write_status(ctx, schedule, {**status.flag_found_status(schedule, False, message, now), **claim})
         ctx.event(schedule, "Warning", "FlagNotFound", message + "; the schedule fails at its due time unless it appears")
         log.warning("schedule.flag_not_found")
         return
@@ -55,4 +64,6 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
         schedule = FlagSchedule.from_body(body)
     if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
         message = f"FeatureFlag {flag.ref.name!r} exists"
-        await write_status(ctx, schedule, status.flag_found_status(schedule, True, message, now))
+        await write_status(ctx, schedule, {**status.flag_found_status(schedule, True, message, now), **claim})
+    elif claim:
+        await write_status(ctx, schedule, claim)

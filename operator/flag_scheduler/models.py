@@ -119,6 +119,7 @@ class FlagScheduleStatus(_Model):
     next_retry_at: datetime | None = Field(default=None, alias="nextRetryAt")
     last_error: str | None = Field(default=None, alias="lastError", max_length=4096)
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
+    claimed_by: str | None = Field(default=None, alias="claimedBy", max_length=253)
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 

@@ -13,6 +13,7 @@ from flag_scheduler.apply import Ctx
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.kube import Kube
+from flag_scheduler.leader import Leadership
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduler import Dispatcher
@@ -33,7 +34,10 @@ class Runtime:
         self.book = Book()
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
+        self.leadership = Leadership(settings, kube.api, self._lead, self._follow)
+        self.ctx.is_leader = self.leadership.fresh
         self._task: asyncio.Task | None = None
+        self._election: asyncio.Task | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -46,11 +50,20 @@ class Runtime:
             runtime.book.put_flag(body)
         for body in await kube.list_all(SCHEDULES, settings.namespaces):
             runtime.book.put_schedule(body)
-        runtime.dispatcher.replan_all()
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
-        runtime.dispatcher.leading.set()  # single replica: lead at once
+        runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, schedules=len(runtime.book.schedules))
         return runtime
+
+    async def _lead(self) -> None:
+        """Became leader: plan every flag from the (warm) book and start applying."""
+        self.dispatcher.replan_all()
+        self.dispatcher.leading.set()
+
+    async def _follow(self) -> None:
+        """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
+        self.dispatcher.leading.clear()
+        await self.dispatcher.stop()
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a schedule: update the book and re-plan its flag."""
@@ -73,10 +86,13 @@ class Runtime:
             self.dispatcher.plan(key)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop applying, hand the Lease over, close the client."""
+        for task in (self._election, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.dispatcher.stop()
+        await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
         await self.kube.close()

@@ -15,7 +15,7 @@ import itertools
 from datetime import datetime, timedelta
 
 from flag_scheduler import metrics
-from flag_scheduler.apply import Ctx, apply_schedule, cancel_schedule, miss_schedule
+from flag_scheduler.apply import Ctx, StandDown, apply_schedule, cancel_schedule, miss_schedule
 from flag_scheduler.book import Key
 from flag_scheduler.housekeeping import needs_housekeeping, tidy_schedule
 from flag_scheduler.kube import describe
@@ -101,6 +101,8 @@ class Dispatcher:
             self._paused_until.pop(flag, None)
         except asyncio.CancelledError:
             raise
+        except StandDown as why:
+            log.info("flag.stand_down", namespace=flag[0], flag=flag[1], reason=str(why))
         except Exception as err:  # noqa: BLE001 - isolate: log, pause this flag, keep the others going
             log.exception("flag.error", namespace=flag[0], flag=flag[1], error=describe(err))
             self._paused_until[flag] = self.ctx.clock() + ERROR_PAUSE
@@ -111,7 +113,7 @@ class Dispatcher:
     async def _work_due(self, flag: Key) -> None:
         """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
         ctx = self.ctx
-        while self.leading.is_set():
+        while self.leading.is_set() and ctx.is_leader():
             now = ctx.clock()
             schedules = ctx.book.schedules_of(flag)
             for schedule in schedules:

@@ -126,9 +126,15 @@ def test_schedule_applied_on_time(cluster: Cluster, start_operator: Callable[...
     owners = cluster.get_schedule("go-live")["metadata"]["ownerReferences"]
     assert owners[0]["kind"] == "FeatureFlag" and owners[0]["name"] == "checkout-v2"
     assert any(e["reason"] == "Applied" and e["type"] == "Normal" for e in cluster.events("go-live"))
-    # Exactly one flag PATCH for the schedule; the schedule's own writes stay within budget.
+    # Exactly one flag PATCH for the schedule. The operator's writes, from the server's audit log:
+    # first sight = ownerReference + claim; at the due time = flag, flag status, schedule status.
     assert len(cluster.audit("featureflags", "patch")) == 1
-    assert len(cluster.audit("flagschedules/status", "patch")) == 1
+    assert len(cluster.audit("flagschedules", "patch")) == 1
+    schedule_status = cluster.audit("flagschedules/status", "patch")
+    assert len(schedule_status) == 2
+    assert sum(parse_time(e["requestReceivedTimestamp"]) >= due for e in schedule_status) == 1
+    assert len(cluster.audit("featureflags/status", "patch")) == 1
+    assert status["claimedBy"]
 
 
 def test_cancel_before_due(cluster: Cluster, start_operator: Callable[..., OperatorProcess]) -> None:

@@ -1,0 +1,141 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, with the official client's ``kubernetes.aio``.
+
+The library's ``LeaderElection``/``LeaseLock`` do the Lease protocol (client-go's algorithm). What
+it lacks, and this module adds:
+
+- it lets a non-API error (connection refused while the API server restarts, a hung request)
+  escape ``run()`` without stopping the leader's work; here every attempt is bounded by
+  ``retry_period`` and any error counts as a failed renewal;
+- it stops leading only after ``renew_deadline`` of failed attempts and the attempt in flight; here
+  ``fresh()`` turns false ``renew_deadline`` after the *start* of the last successful renewal, and
+  the operator checks it before every flag patch, so a leader that cannot renew stops applying
+  before its Lease can expire for the others (``lease_duration`` after they saw that renewal);
+- it campaigns once; here a replica that lost the Lease goes back to campaigning;
+- it never gives the Lease back; here a leader that shuts down cleanly releases it, so a rolling
+  update hands over in about one retry period instead of a full lease duration;
+- in kubernetes 37.0.2 ``LeaseLock.create`` passes ``pretty=True``, which the generated client
+  refuses (``pretty`` must be a string), so no Lease could ever be created; ``_LeaseLock`` fixes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+from kubernetes.aio.leaderelection.electionconfig import Config
+from kubernetes.aio.leaderelection.leaderelection import LeaderElection
+from kubernetes.aio.leaderelection.leaderelectionrecord import LeaderElectionRecord
+from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
+
+from flag_scheduler import metrics
+from flag_scheduler.config import Settings
+from flag_scheduler.kube import TRANSPORT_ERRORS, describe
+from flag_scheduler.logs import get_logger
+
+log = get_logger()
+
+
+class _LeaseLock(LeaseLock):
+    """``LeaseLock`` whose ``create`` works with the current generated client."""
+
+    async def create(self, name: str, namespace: str, election_record: LeaderElectionRecord) -> bool:
+        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=self.update_lease(election_record))
+        try:
+            await self.api_instance.create_namespaced_lease(namespace, body)
+        except ApiException as err:
+            log.warning("leader.create_failed", error=describe(err))
+            return False
+        return True
+
+
+class _Election(LeaderElection):
+    """``LeaderElection`` whose attempts are bounded in time and never raise."""
+
+    def __init__(self, config: Config, on_renewed: Callable[[float], None]) -> None:
+        super().__init__(config)
+        self._on_renewed = on_renewed
+
+    async def try_acquire_or_renew(self) -> bool:
+        started = time.monotonic()
+        try:
+            ok = await asyncio.wait_for(super().try_acquire_or_renew(), self.election_config.retry_period)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure is a failed renewal, never a crash
+            log.warning("leader.renew_failed", error=describe(err))
+            return False
+        if ok:
+            self._on_renewed(started)
+        return ok
+
+
+class Leadership:
+    """Campaigns for the Lease forever; calls ``on_start``/``on_stop`` as leadership comes and goes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: client.ApiClient,
+        on_start: Callable[[], Awaitable[None]],
+        on_stop: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.identity = settings.identity
+        self.lock = _LeaseLock(settings.lease_name, settings.lease_namespace, settings.identity, api)
+        self.leases = client.CoordinationV1Api(api)
+        self._on_start = on_start
+        self._on_stop = on_stop
+        self._renewed_at = float("-inf")
+        self.leading = False
+
+    def fresh(self) -> bool:
+        """True while this replica leads and its last renewal started less than renew_deadline ago."""
+        return self.leading and time.monotonic() - self._renewed_at < self.settings.renew_deadline_seconds
+
+    def _renewed(self, started: float) -> None:
+        self._renewed_at = started
+
+    async def run(self) -> None:
+        """Campaign, lead until the Lease is lost, campaign again; forever (until cancelled)."""
+        s = self.settings
+        while True:
+            config = Config(
+                self.lock, s.lease_duration_seconds, s.renew_deadline_seconds, s.retry_period_seconds,
+                self._started, self._stopped,
+            )
+            await _Election(config, self._renewed).run()
+            await asyncio.sleep(s.retry_period_seconds)
+
+    async def _started(self) -> None:
+        self.leading = True
+        metrics.IS_LEADER.set(1)
+        log.info("leader.acquired", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
+        await self._on_start()
+
+    async def _stopped(self) -> None:
+        was_leading, self.leading = self.leading, False
+        metrics.IS_LEADER.set(0)
+        if was_leading:
+            log.warning("leader.lost", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
+        await self._on_stop()
+
+    async def release(self) -> None:
+        """Give the Lease back if we hold it (clean shutdown), so a follower takes over at once."""
+        if not self.leading:
+            return
+        self.leading = False
+        metrics.IS_LEADER.set(0)
+        with contextlib.suppress(ApiException, *TRANSPORT_ERRORS):
+            lease = await self.leases.read_namespaced_lease(self.lock.name, self.lock.namespace)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                await asyncio.wait_for(
+                    self.leases.replace_namespaced_lease(self.lock.name, self.lock.namespace, lease),
+                    self.settings.retry_period_seconds,
+                )
+                log.info("leader.released", identity=self.identity)
+
