@@ -50,8 +50,9 @@ def main() -> None:
 
         say(f"control plane up: {' '.join(kubectl('get', '--raw', '/version').split())}")
         print(f"KUBECONFIG={cp.kubeconfig()}\nKUBECTL={cp.kubectl}")
-        kubectl("apply", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+        kubectl("apply", "-k", str(REPO / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd/featureflags.flagscheduler.dev",
+                "crd/flagschedules.flagscheduler.dev", "--timeout=30s")
         say("operator starting (console logs below)")
         operator = subprocess.Popen(
             [sys.executable, "-m", "flag_scheduler"],

@@ -16,6 +16,7 @@ from kubernetes import config as k8s_config
 from controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
+CRD_NAMES = ("crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev")
 
 
 class Kubectl:
@@ -77,8 +78,8 @@ def api_client(control_plane: ControlPlane) -> k8s.ApiClient:
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> None:
     """The project's CRDs from ``crds/``, Established and served."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", *CRD_NAMES, "--timeout=60s")
     # Established comes a moment before discovery and the storage serve the new kinds.
     deadline = time.monotonic() + 60
     while kubectl("get", "featureflags,flagschedules", "-A", check=False).returncode != 0:

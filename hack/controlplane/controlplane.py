@@ -10,7 +10,8 @@ directory, with:
 - a service-account signing key, so TokenRequest works;
 - an audit log (``audit.log`` in the directory, JSON lines, written synchronously) recording every
   write to the ``flagscheduler.dev`` group and to leases: verb, resource, name, user, code;
-- kube-controller-manager with the garbage collector, namespace and service-account controllers.
+- kube-controller-manager with the garbage collector, namespace, service-account and
+  cluster-role aggregation controllers.
 
 Every child runs with ``PR_SET_PDEATHSIG``, so a crashed or killed test run takes its control plane
 with it; stale temporary directories of dead runs are removed at the next start.
@@ -335,7 +336,8 @@ class ControlPlane:
                 f"--kubeconfig={self.kubeconfig(ADMIN)}",
                 f"--authentication-kubeconfig={self.kubeconfig(ADMIN)}",
                 f"--authorization-kubeconfig={self.kubeconfig(ADMIN)}",
-                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
+                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,"
+                "clusterrole-aggregation-controller",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
