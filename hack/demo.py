@@ -57,7 +57,7 @@ def main() -> None:
         operator = subprocess.Popen(
             [sys.executable, "-m", "flag_scheduler"],
             env={**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0",
-                 "FLAG_SCHEDULER_METRICS_PORT": "0"},
+                 "FLAG_SCHEDULER_METRICS_PORT": "0", "FLAG_SCHEDULER_LEASE_NAMESPACE": "default"},
         )
         try:
             at = datetime.now(UTC) + timedelta(seconds=10)

@@ -24,6 +24,8 @@ from flag_scheduler.timing import Action, action, head_of_line, next_action_at
 
 # After an unexpected error (API server down, 5xx on a status write) a flag is looked at again after this.
 ERROR_PAUSE = timedelta(seconds=2)
+# While the leader's last renewal is older than the renew deadline, look again this often (seconds).
+STALE_LEASE_PAUSE = 0.1
 log = get_logger()
 
 
@@ -74,7 +76,8 @@ class Dispatcher:
         while True:
             await self.leading.wait()
             now = self.ctx.clock()
-            while self._heap and self._heap[0][0] <= now and self.leading.is_set():
+            fresh = self.ctx.is_leader()
+            while self._heap and self._heap[0][0] <= now and self.leading.is_set() and fresh:
                 when, _, flag = heapq.heappop(self._heap)
                 if self._planned.get(flag) != when:
                     continue  # superseded by a later plan
@@ -82,6 +85,8 @@ class Dispatcher:
                 self._start(flag)
             self._wakeup.clear()
             timeout = (self._heap[0][0] - now).total_seconds() if self._heap else None
+            if not fresh:
+                timeout = STALE_LEASE_PAUSE  # renewal overdue: wait for it (or for leadership to end)
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
@@ -92,7 +97,14 @@ class Dispatcher:
         self._running.add(flag)
         task = asyncio.create_task(self._work(flag), name=f"flag {flag[0]}/{flag[1]}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._finished(flag, done))
+
+    def _finished(self, flag: Key, task: asyncio.Task) -> None:
+        # A done callback, not a ``finally``: a task cancelled before it ever ran skips its finally
+        # blocks, and the flag would stay "running" (never planned again) for the rest of the process.
+        self._tasks.discard(task)
+        self._running.discard(flag)
+        self.plan(flag)
 
     async def _work(self, flag: Key) -> None:
         try:
@@ -106,9 +118,6 @@ class Dispatcher:
         except Exception as err:  # noqa: BLE001 - isolate: log, pause this flag, keep the others going
             log.exception("flag.error", namespace=flag[0], flag=flag[1], error=describe(err))
             self._paused_until[flag] = self.ctx.clock() + ERROR_PAUSE
-        finally:
-            self._running.discard(flag)
-            self.plan(flag)
 
     async def _work_due(self, flag: Key) -> None:
         """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
