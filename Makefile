@@ -30,8 +30,16 @@ test: venv binaries ## Run unit and integration tests against the real local con
 unit: venv ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit
 
-lint: venv ## Check the Python code compiles and the kustomize tree builds
+lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize tree
 	$(PY) -m compileall -q operator tests bench hack
+	$(VENV)/bin/hadolint Dockerfile
+	@"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize manifests/default > /dev/null && echo "manifests/default renders"
+
+install: ## Install the CRDs into the cluster in $$KUBECONFIG
+	kubectl apply --server-side -k crds
+
+deploy: ## Deploy CRDs, RBAC and the operator (manifests/default) into the cluster in $$KUBECONFIG
+	kubectl apply --server-side -k manifests/default
 
 cluster-up: venv binaries ## Start a local control plane in the background; prints KUBECONFIG= and KUBECTL=
 	@$(PY) $(CONTROLPLANE)/controlplane.py up

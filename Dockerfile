@@ -1,0 +1,27 @@
+# The operator image. Not built on the development machines (no container engine); linted by
+# hadolint and checked against manifests/manager/deployment.yaml in tests/unit/test_dockerfile.py.
+
+# --- build: install the package and its pinned dependencies into a virtualenv -------------------
+FROM python:3.11.14-slim-trixie AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/flag-scheduler
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+RUN /opt/flag-scheduler/bin/pip install --no-cache-dir . \
+ && /opt/flag-scheduler/bin/pip uninstall --yes pip \
+ && find /opt/flag-scheduler -name '__pycache__' -prune -exec rm -rf {} +
+
+# --- runtime: the virtualenv only; no compilers, no pip cache, no source tree ------------------
+FROM python:3.11.14-slim-trixie
+LABEL org.opencontainers.image.title="flag-scheduler" \
+      org.opencontainers.image.description="Kubernetes operator that changes feature flags at scheduled times, exactly once."
+ENV PATH=/opt/flag-scheduler/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/flag-scheduler /opt/flag-scheduler
+# Numeric, so Kubernetes can verify runAsNonRoot; the same UID/GID as the Deployment.
+USER 10001:10001
+# health (/healthz: liveness and readiness) and metrics (/metrics)
+EXPOSE 8080 9090
+ENTRYPOINT ["flag-scheduler"]

