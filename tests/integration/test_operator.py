@@ -6,6 +6,7 @@ state. Schedules are set a few seconds ahead and waited for with deadlines, neve
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from kubernetes import client as k8s
 
 from conftest import Kubectl
-from controlplane import ControlPlane
+from controlplane import ControlPlane, free_port
 from operator_harness import Cluster, OperatorProcess, in_seconds, parse_time, wait_for
 
 DENY_POLICY = """
@@ -295,3 +296,35 @@ def test_invalid_configuration_stops_with_the_variable_named(control_plane: Cont
     with pytest.raises(AssertionError, match="operator exited"):
         op.start(timeout=20)
     assert "FLAG_SCHEDULER_MAX_RETRIES" in (tmp_path / "bad.log").read_text()
+
+
+def test_metrics_health_and_console_logs(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    metrics_port, health_port = free_port(), free_port()
+    op = start_operator(
+        FLAG_SCHEDULER_METRICS_PORT=str(metrics_port), FLAG_SCHEDULER_HEALTH_PORT=str(health_port),
+        FLAG_SCHEDULER_LOG_FORMAT="console",
+    )
+    cluster.flag("observed", enabled=False)
+    cluster.schedule("watched", "observed", in_seconds(2), {"enabled": True})
+    cluster.schedule("later", "observed", in_seconds(3600), {"rolloutPercentage": 50})
+    cluster.wait_phase("watched", "Applied", timeout=15)
+
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines() if line.startswith("flag_scheduler_")
+        }
+
+    metrics = wait_for(lambda: (m := scrape()).get("flag_scheduler_pending_schedules") == 1 and m, 10,
+                       what="the pending gauge to count the one schedule left")
+    assert metrics["flag_scheduler_schedules_applied_total"] == 1
+    assert metrics["flag_scheduler_lateness_seconds_count"] == 1
+    assert metrics["flag_scheduler_lateness_seconds_bucket{le=\"1.0\"}"] == 1
+    assert metrics["flag_scheduler_is_leader"] == 1
+    assert urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5).status == 200
+    # A person at a terminal reads key=value lines, not JSON.
+    applied = [line for line in op.log_path.read_text().splitlines() if "schedule.applied" in line]
+    assert applied and not applied[0].startswith("{") and "schedule=watched" in applied[0]
