@@ -124,6 +124,7 @@ def headline(out: dict[str, Any], sizes: Sizes, quick: bool) -> dict[str, Any]:
         "writes_hot_path": writes["hot_path"], "writes_lifetime": writes["lifetime"],
         "idle_cpu_percent": out["idle"]["cpu_percent"], "idle_rss_mb": out["idle"]["rss_mb"],
         "idle_requests_per_s": round(out["idle"]["operator_writes_per_s"] + out["idle"]["operator_reads_per_s"], 3),
+        "idle_non_lease_requests_per_s": out["idle"]["operator_non_lease_requests_per_s"],
     }
 
 
