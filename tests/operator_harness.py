@@ -152,6 +152,18 @@ class Cluster:
         items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
         return [{"type": e.type, "reason": e.reason, "message": e.message} for e in items]
 
+    def wait_event(self, name: str, reason: str, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for an Event about ``name`` with ``reason`` and ``type_``; return it.
+
+        The operator posts Events after the status write they describe, so a test that has just
+        seen the phase must wait for the Event rather than read the list once.
+        """
+        return wait_for(
+            lambda: next((e for e in self.events(name) if e["reason"] == reason and e["type"] == type_), None),
+            timeout,
+            what=f"{type_} Event {reason} on {name}",
+        )
+
     def audit(self, resource: str, verb: str | None = None) -> list[dict[str, Any]]:
         """Audit entries for ``resource`` in this namespace (subresource as ``featureflags/status``).
 

@@ -126,7 +126,7 @@ def test_schedule_applied_on_time(cluster: Cluster, start_operator: Callable[...
     # Owned by the flag, so deleting the flag removes it.
     owners = cluster.get_schedule("go-live")["metadata"]["ownerReferences"]
     assert owners[0]["kind"] == "FeatureFlag" and owners[0]["name"] == "checkout-v2"
-    assert any(e["reason"] == "Applied" and e["type"] == "Normal" for e in cluster.events("go-live"))
+    cluster.wait_event("go-live", "Applied", "Normal")
     # Exactly one flag PATCH for the schedule. The operator's writes, from the server's audit log:
     # first sight = ownerReference + claim; at the due time = flag, flag status, schedule status.
     assert len(cluster.audit("featureflags", "patch")) == 1
@@ -181,7 +181,7 @@ def test_refused_patch_retries_then_applies(
     assert "frozen by policy" in status["lastError"]
     assert status["lastError"].startswith("403 Forbidden")
     assert parse_time(status["nextRetryAt"]) > parse_time(status["conditions"][0]["lastTransitionTime"])
-    assert any(e["reason"] == "Retrying" and e["type"] == "Warning" for e in cluster.events("thaw"))
+    cluster.wait_event("thaw", "Retrying", "Warning")
     retrying = [l for l in op.log_lines() if l.get("event") == "schedule.retrying"]
     assert {"flag", "schedule", "attempt", "retry_count", "next_retry_at", "error"} <= retrying[0].keys()
     assert cluster.get_flag("frozen")["spec"]["enabled"] is False
@@ -206,7 +206,7 @@ def test_retries_exhausted_fail_and_max_retries_env_respected(
     status = cluster.wait_phase("default-limit", "Failed", timeout=20)
     assert status["retryCount"] == 1
     assert "frozen by policy" in status["lastError"]
-    assert any(e["reason"] == "Failed" and e["type"] == "Warning" for e in cluster.events("default-limit"))
+    cluster.wait_event("default-limit", "Failed", "Warning")
     status = cluster.wait_phase("override", "Failed", timeout=20)
     assert status["retryCount"] == 0
     assert cluster.get_flag("stuck")["spec"]["enabled"] is False
@@ -221,7 +221,7 @@ def test_missing_flag_reports_then_fails(cluster: Cluster, start_operator: Calla
         timeout=10, what="FlagFound=False",
     )
     assert status["phase"] == "Pending"
-    assert any(e["reason"] == "FlagNotFound" and e["type"] == "Warning" for e in cluster.events("orphan"))
+    cluster.wait_event("orphan", "FlagNotFound", "Warning")
     status = cluster.wait_phase("orphan", "Failed", timeout=20)
     assert "404" in status["lastError"] and "no-such-flag" in status["lastError"]
 
@@ -260,7 +260,7 @@ def test_catch_up_after_downtime_and_missed_deadline(
     assert cluster.get_flag("late")["spec"] == {"enabled": True, "rolloutPercentage": 20}
     missed = cluster.wait_phase("too-late", "Missed", timeout=15)
     assert "startingDeadlineSeconds" in next(c for c in missed["conditions"] if c["type"] == "Applied")["message"]
-    assert any(e["reason"] == "Missed" and e["type"] == "Warning" for e in cluster.events("too-late"))
+    cluster.wait_event("too-late", "Missed", "Warning")
     assert cluster.get_flag("strict")["spec"]["enabled"] is False
 
 
