@@ -23,6 +23,7 @@ Command line (``python hack/controlplane/controlplane.py``):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import json
@@ -120,6 +121,56 @@ def _write_key(path: Path) -> None:
     )
 
 
+def _write_serving_cert(directory: Path) -> None:
+    """Write ``ca.crt`` and a serving ``apiserver.crt``/``apiserver.key`` for 127.0.0.1 and localhost.
+
+    Kubeconfigs then carry the CA and clients verify the server, as against a real cluster,
+    instead of skipping TLS verification.
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def build(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+              extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=30))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build("flag-scheduler-local-ca", ca_key, "flag-scheduler-local-ca", ca_key, [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+    ])
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build("kube-apiserver", key, "flag-scheduler-local-ca", ca_key, [
+        (x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+    ])
+    pem = serialization.Encoding.PEM
+    (directory / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (directory / "apiserver.crt").write_bytes(cert.public_bytes(pem))
+    (directory / "apiserver.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
 @dataclass
 class Component:
     """One started process and its log file."""
@@ -169,10 +220,11 @@ class ControlPlane:
     def write_token_kubeconfig(self, name: str, token: str) -> Path:
         """Write a kubeconfig for an arbitrary bearer token (e.g. a ServiceAccount's) and return it."""
         path = self.dir / f"{name}.kubeconfig"
+        ca = base64.b64encode((self.dir / "ca.crt").read_bytes()).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "local", "cluster": {"server": self.server, "insecure-skip-tls-verify": True}}],
+            "clusters": [{"name": "local", "cluster": {"server": self.server, "certificate-authority-data": ca}}],
             "users": [{"name": name, "user": {"token": token}}],
             "contexts": [{"name": "local", "context": {"cluster": "local", "user": name}}],
             "current-context": "local",
@@ -300,6 +352,7 @@ class ControlPlane:
             rows.append(f'{self.tokens[user]},{user},uid-{user},"{",".join(groups)}"')
         (self.dir / "tokens.csv").write_text("\n".join(rows) + "\n")
         (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        _write_serving_cert(self.dir)
         for user in [ADMIN, *USERS]:
             self.write_token_kubeconfig(user, self.tokens[user])
         self._launch_apiserver(timeout)
@@ -314,7 +367,8 @@ class ControlPlane:
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",  # loopback may not be a Service endpoint
                 f"--secure-port={self.api_port}",
-                f"--cert-dir={d / 'certs'}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
                 "--authorization-mode=RBAC",
                 f"--token-auth-file={d / 'tokens.csv'}",
                 f"--service-account-key-file={d / 'sa.key'}",
