@@ -155,7 +155,9 @@ def _write_serving_cert(directory: Path) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = build("flag-scheduler-local-ca", ca_key, "flag-scheduler-local-ca", ca_key, [
         (x509.BasicConstraints(ca=True, path_length=0), True),
-        (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+        (x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                       encipher_only=False, decipher_only=False), True),
     ])
     key = ec.generate_private_key(ec.SECP256R1())
     cert = build("kube-apiserver", key, "flag-scheduler-local-ca", ca_key, [
@@ -302,13 +304,12 @@ class ControlPlane:
         self.components.append(comp)
         return comp
 
-    def _get(self, url: str, token: str | None = None) -> bytes:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+    def _get(self, url: str) -> bytes:
         req = urllib.request.Request(url)
-        if token or url.startswith("https"):
-            req.add_header("Authorization", f"Bearer {token or self.tokens[ADMIN]}")
+        ctx = None
+        if url.startswith("https"):  # API server and controller manager, verified with our CA; etcd is plain HTTP
+            ctx = ssl.create_default_context(cafile=self.dir / "ca.crt")
+            req.add_header("Authorization", f"Bearer {self.tokens[ADMIN]}")
         with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
             return resp.read()
 
@@ -399,7 +400,8 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
-                f"--cert-dir={self.dir / 'kcm-certs'}",
+                f"--tls-cert-file={self.dir / 'apiserver.crt'}",  # the same CA-signed 127.0.0.1 certificate
+                f"--tls-private-key-file={self.dir / 'apiserver.key'}",
                 "--v=1",
             ],
         )
