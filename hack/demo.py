@@ -71,7 +71,8 @@ def main() -> None:
             say(f"after ({datetime.now(UTC):%H:%M:%S}Z)")
             print(kubectl("get", "ff,fs", "-n", "default"))
             print(kubectl("get", "ff", "checkout-v2", "-n", "default", "-o",
-                          "jsonpath=flag spec now: {.spec}{'\\n'}applied at: {.status.lastAppliedAt}{'\\n'}"))
+                          "jsonpath=flag spec now: {.spec}{'\\n'}applied at: "
+                          "{.metadata.annotations.flagscheduler\\.dev/last-applied-at}{'\\n'}"))
             if sys.stdin.isatty() and os.environ.get("CI", "").lower() not in ("1", "true"):
                 say("demo running; try the kubectl line above with KUBECONFIG set. Ctrl-C to stop.")
                 try:

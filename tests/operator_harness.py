@@ -89,6 +89,24 @@ class OperatorProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def send(self, sig: int) -> None:
+        """Send a signal to the operator process (SIGCONT resumes one frozen at a failpoint)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """``kill -9``, and reap it (works on a process frozen at a failpoint too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait_log(self, *events: str, after: int = 0, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for a log line whose ``event`` is one of ``events``, at index ``after`` or later."""
+        return wait_for(
+            lambda: next((l for l in self.log_lines()[after:] if l.get("event") in events), None),
+            timeout, what=f"{' or '.join(events)} in the operator's log",
+        )
+
     def log_lines(self) -> list[dict[str, Any]]:
         """The operator's JSON log lines (non-JSON lines skipped)."""
         lines = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kopf
 
+from flag_scheduler import failpoints
 from flag_scheduler.config import load_settings
 from flag_scheduler.logs import configure_logging
 
@@ -12,6 +13,7 @@ def main() -> None:
     """Validate configuration, set up logging, run Kopf against $KUBECONFIG or the in-cluster config."""
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    failpoints.arm(failpoints.parse(settings.failpoints))
     import flag_scheduler.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

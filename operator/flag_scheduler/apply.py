@@ -1,16 +1,25 @@
-"""Carry out what timing decided for one schedule: apply, retry, fail, cancel, miss.
+"""Carry out what timing decided for one schedule: apply, retry, fail, cancel, miss, supersede.
 
 Every step is safe to re-run after a crash, and fenced against a deposed leader:
 
-1. the leader *claims* the schedule (``status.claimedBy``, a status write with a resourceVersion
-   precondition) before it touches the flag; the claim is usually made at first sight, so it
-   costs nothing at the due time, and a new leader claims again before it acts;
-2. right before the flag PATCH it checks that its Lease renewal is fresh (``Ctx.is_leader``);
-3. the flag PATCH carries the schedule's uid in an annotation and the flag's resourceVersion as a
-   precondition, so a change lands at most once: a second attempt either sees the marker (the
-   change landed, only the status is missing) or fails with 409; after a 409 the schedule is read
-   again and the attempt is abandoned if it is finished or claimed by another replica.
-Status writes are preconditioned on the schedule's resourceVersion.
+1. the leader *claims* the schedule (``status.claimedBy``, a status write) before it touches the
+   flag; the claim is usually made at first sight, so it costs nothing at the due time, and a new
+   leader claims again before it acts;
+2. right before the flag PATCH it reads the schedule (a read, not a write) to confirm it still
+   exists with the same uid and generation, is unfinished and still claimed by this replica, and
+   checks that its Lease renewal is fresh (``Ctx.is_leader``);
+3. the flag PATCH carries the flag's uid and resourceVersion as preconditions and the *marker* as
+   annotations: the schedule's name, uid and ``scheduledAt``, when it landed, and this leader's
+   *fencing token* (a random token per leadership term). A second attempt sees the marker (the
+   change landed, only the status is missing); a schedule ordered at or before the marker's is
+   ``Superseded`` (forward only); a flag changed meanwhile fails the PATCH with 409;
+4. a phase that leaves the flag untouched (Cancelled, Missed, Failed, Superseded) is written only
+   after a fresh read of the flag: if the marker names this schedule the change landed and the
+   phase is Applied. If the flag's fencing token is not this term's, the leader first writes its
+   token to the flag, preconditioned on the version it just read. That write is the fence: a
+   deposed leader frozen between its checks and its PATCH holds an older resourceVersion, so its
+   PATCH fails with 409 instead of landing after the schedule was reported untouched.
+Status writes carry the schedule's uid and resourceVersion as preconditions.
 """
 
 from __future__ import annotations
@@ -24,13 +33,13 @@ from typing import Any
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler import metrics, status
-from flag_scheduler.book import Book
+from flag_scheduler import failpoints, metrics, status
+from flag_scheduler.book import Book, flag_key
 from flag_scheduler.config import Settings
-from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe, rfc3339
+from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import FLAGS, SCHEDULES, FeatureFlag, FlagSchedule, Phase
-from flag_scheduler.timing import next_retry_at, retries_exhausted
+from flag_scheduler.models import FLAGS, SCHEDULES, FeatureFlag, FlagSchedule, Phase, rfc3339
+from flag_scheduler.timing import Verdict, against_marker, due_at, next_retry_at, retries_exhausted
 
 CONFLICT_ATTEMPTS = 5
 
@@ -45,7 +54,7 @@ class StandDown(Exception):
 
 @dataclass
 class Ctx:
-    """What every step needs: the client, the book, settings, a clock and a jitter source."""
+    """What every step needs: the client, the book, settings, a clock, a jitter source, the leader term."""
 
     kube: Kube
     book: Book
@@ -53,6 +62,7 @@ class Ctx:
     clock: Callable[[], datetime]
     jitter: Callable[[], float] = random.random
     is_leader: Callable[[], bool] = lambda: True
+    fencing_token: Callable[[], str] = lambda: "standalone"
     background: set[asyncio.Task] = field(default_factory=set)
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:
@@ -68,70 +78,37 @@ class Ctx:
             get_logger().warning("event.failed", error=describe(task.exception()))
 
 
+def _log(schedule: FlagSchedule, **keys: Any) -> Any:
+    return get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name,
+                      namespace=schedule.ref.namespace, **keys)
+
+
 async def write_status(
     ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any], steal: bool = False
 ) -> FlagSchedule | None:
     """Write the schedule's status; on a conflict re-read and write again unless it became terminal.
 
-    A conflict that shows another replica's claim stands down, except for a claim (``steal``).
+    None if the schedule is gone (deleted, or re-created: another uid is another schedule). A
+    conflict that shows another replica's claim stands down, except for a claim (``steal``).
     """
     for _ in range(CONFLICT_ATTEMPTS):
         try:
             body = await ctx.kube.patch_schedule_status(schedule.ref, new_status)
         except ApiException as err:
-            if err.status == 404:
-                ctx.book.drop_schedule(schedule.ref.namespace, schedule.ref.name)
-                return None
-            if err.status != 409:
+            if err.status not in (404, 409):
                 raise
-            fresh = await ctx.kube.get(SCHEDULES, schedule.ref.namespace, schedule.ref.name)
-            if fresh is None:
-                ctx.book.drop_schedule(schedule.ref.namespace, schedule.ref.name)
+            fresh = await _read(ctx, SCHEDULES, (schedule.ref.namespace, schedule.ref.name))
+            if fresh is None or fresh["metadata"].get("uid") != schedule.ref.uid:
+                ctx.book.drop_schedule(schedule.ref.uid)
                 return None
-            ctx.book.put_schedule(fresh)
-            schedule = FlagSchedule.from_body(fresh)
+            schedule = ctx.book.put_schedule(fresh) or schedule
             if schedule.status.phase.terminal:
                 return schedule
             if not steal and schedule.status.claimed_by not in (None, ctx.settings.identity):
                 raise StandDown(f"the schedule was claimed by {schedule.status.claimed_by}")
             continue
-        ctx.book.put_schedule(body)
-        return FlagSchedule.from_body(body)
+        return ctx.book.put_schedule(body)
     raise ApplyFailure(f"status of {schedule.ref.name} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
-
-
-async def land_change(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag:
-    """Make sure the schedule's change is on its flag, exactly once; return the flag as changed."""
-    key = ctx.book.flag_key(schedule)
-    flag = ctx.book.flag(key)
-    for _ in range(CONFLICT_ATTEMPTS):
-        if flag is None:
-            body = await _read(ctx, FLAGS, key)
-            if body is None:
-                raise ApplyFailure(f"404 NotFound: FeatureFlag {key[1]!r} not found in namespace {key[0]!r}")
-            ctx.book.put_flag(body)
-            flag = FeatureFlag.from_body(body)
-        if flag.applied_schedule_uid == schedule.ref.uid:
-            return flag  # landed earlier: a crash came between the flag patch and the status write
-        if not ctx.is_leader():
-            raise StandDown("the leader Lease was not renewed in time")
-        try:
-            body = await ctx.kube.patch_flag_spec(flag.ref, schedule)
-        except ApiException as err:
-            if err.status == 409:
-                # Someone changed the flag since we read it. If that was another leader finishing this
-                # schedule (and maybe later ones), the marker alone could mislead: check the schedule.
-                schedule = await _still_ours(ctx, schedule)
-                flag = None
-                continue
-            if err.status == 404:
-                ctx.book.drop_flag(*key)
-            raise ApplyFailure(describe(err)) from err
-        except TRANSPORT_ERRORS as err:
-            raise ApplyFailure(describe(err)) from err
-        ctx.book.put_flag(body)
-        return FeatureFlag.from_body(body)
-    raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
 
 
 async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
@@ -146,17 +123,58 @@ async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
     return claimed
 
 
-async def _still_ours(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
-    """Read the schedule again; stand down if it is gone, finished, or claimed by another replica."""
+async def confirm(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
+    """Read the schedule again: stand down unless it is the same object, same spec, unfinished and ours."""
     body = await _read(ctx, SCHEDULES, (schedule.ref.namespace, schedule.ref.name))
-    if body is None:
-        ctx.book.drop_schedule(schedule.ref.namespace, schedule.ref.name)
-        raise StandDown("the schedule was deleted")
-    ctx.book.put_schedule(body)
-    fresh = FlagSchedule.from_body(body)
+    if body is None or body["metadata"].get("uid") != schedule.ref.uid:
+        ctx.book.drop_schedule(schedule.ref.uid)
+        raise StandDown("the schedule was deleted (or re-created under its name)")
+    fresh = ctx.book.put_schedule(body)
+    if fresh is None:
+        raise StandDown("the schedule can no longer be read")
+    if fresh.ref.generation != schedule.ref.generation:
+        raise StandDown("the schedule's spec changed; it is planned again")
     if fresh.status.phase.terminal or fresh.status.claimed_by != ctx.settings.identity:
         raise StandDown(f"the schedule is {fresh.status.phase.value}, claimed by {fresh.status.claimed_by}")
     return fresh
+
+
+@dataclass(frozen=True)
+class Landing:
+    """How a change reached (or did not reach) its flag."""
+
+    flag: FeatureFlag
+    verdict: Verdict  # LANDED: it was there already; GO: this attempt landed it; SUPERSEDED: not applied
+
+
+async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
+    """Make sure the schedule's change is on its flag, exactly once and forward only."""
+    key = flag_key(schedule)
+    flag = ctx.book.flag(key)
+    for _ in range(CONFLICT_ATTEMPTS):
+        if flag is None:
+            flag = await _read_flag(ctx, key)
+            if flag is None:
+                raise ApplyFailure(f"404 NotFound: FeatureFlag {key[1]!r} not found in namespace {key[0]!r}")
+        verdict = against_marker(schedule, flag.marker)
+        if verdict is not Verdict.GO:
+            return Landing(flag, verdict)
+        schedule = await confirm(ctx, schedule)
+        if not ctx.is_leader():
+            raise StandDown("the leader Lease was not renewed in time")
+        failpoints.reach("apply.before-flag-patch")
+        try:
+            body = await ctx.kube.patch_flag_spec(flag.ref, schedule, ctx.fencing_token(), ctx.clock())
+        except ApiException as err:
+            if err.status == 409:
+                flag = None  # changed since read (maybe by another leader): read it and decide again
+                continue
+            raise ApplyFailure(describe(err)) from err
+        except TRANSPORT_ERRORS as err:
+            raise ApplyFailure(describe(err)) from err
+        failpoints.reach("apply.after-flag-patch")
+        return Landing(ctx.book.put_flag(body) or flag, Verdict.GO)
+    raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
 
 
 async def _read(ctx: Ctx, plural: str, key: tuple[str, str]) -> dict[str, Any] | None:
@@ -168,51 +186,108 @@ async def _read(ctx: Ctx, plural: str, key: tuple[str, str]) -> dict[str, Any] |
         raise ApplyFailure(describe(err)) from err
 
 
+async def _read_flag(ctx: Ctx, key: tuple[str, str]) -> FeatureFlag | None:
+    body = await _read(ctx, FLAGS, key)
+    return None if body is None else ctx.book.put_flag(body)
+
+
 async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
-    """Apply a due schedule, recording Applied, or Retrying/Failed on failure."""
-    due = schedule.status.next_retry_at if schedule.status.phase is Phase.RETRYING else schedule.spec.scheduled_at
+    """Apply a due schedule, recording Applied or Superseded, or Retrying/Failed on failure."""
+    due = due_at(schedule)
+    failpoints.reach("apply.start")
     try:
         schedule = await claim(ctx, schedule)
-        flag = await land_change(ctx, schedule)
+        landing = await land_change(ctx, schedule)
     except ApplyFailure as failure:
         await record_failure(ctx, schedule, str(failure))
         return
+    if landing.verdict is Verdict.SUPERSEDED:
+        await supersede_schedule(ctx, schedule)
+        return
+    await record_applied(ctx, schedule, landing.flag, due)
+
+
+async def record_applied(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag, due: datetime | None) -> None:
+    """The change is on the flag: Applied, with the time it landed (from the marker)."""
     now = ctx.clock()
-    metrics.LATENESS.observe(max(0.0, (now - due).total_seconds()))
+    landed = flag.marker.applied_at or now
     new = status.schedule_status(
         schedule, now, Phase.APPLIED, "Applied", f"FeatureFlag {flag.ref.name} updated",
-        appliedAt=rfc3339(now), lastError=None,
+        appliedAt=rfc3339(landed), lastError=None,
     )
-    # The flag's record first, so whoever sees the schedule Applied also finds it on the flag.
-    body = await ctx.kube.patch_flag_status(flag.ref, status.flag_status(schedule, flag.ref.generation, now))
-    ctx.book.put_flag(body)
-    await write_status(ctx, schedule, new)
+    if await write_status(ctx, schedule, new) is None:
+        return
     metrics.APPLIED.inc()
     ctx.event(schedule, "Normal", "Applied", f"Applied to FeatureFlag {flag.ref.name}: {schedule.spec.updates.as_patch()}")
-    get_logger(flag=flag.ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace).info(
-        "schedule.applied", attempt=schedule.status.retry_count + 1, lateness_s=round((now - due).total_seconds(), 3)
-    )
+    lateness = None if due is None else round((landed - due).total_seconds(), 3)
+    if lateness is not None:
+        metrics.LATENESS.observe(max(0.0, lateness))
+    _log(schedule).info("schedule.applied", attempt=schedule.status.retry_count + 1, lateness_s=lateness)
+
+
+async def fence(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
+    """Read the flag fresh and make sure it carries this term's fencing token (see the module docstring)."""
+    key = flag_key(schedule)
+    for _ in range(CONFLICT_ATTEMPTS):
+        flag = await _read_flag(ctx, key)
+        if flag is None:
+            return None  # nothing to land on; a PATCH prepared for an older flag fails its uid precondition
+        token = ctx.fencing_token()
+        if flag.marker.uid == schedule.ref.uid or flag.marker.fencing_token == token:
+            return flag
+        if not ctx.is_leader():
+            raise StandDown("the leader Lease was not renewed in time")
+        try:
+            body = await ctx.kube.fence_flag(flag.ref, token)
+        except ApiException as err:
+            if err.status in (404, 409):
+                continue
+            raise ApplyFailure(describe(err)) from err
+        except TRANSPORT_ERRORS as err:
+            raise ApplyFailure(describe(err)) from err
+        return ctx.book.put_flag(body) or flag
+    raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
+
+
+async def settle_untouched(
+    ctx: Ctx, schedule: FlagSchedule, phase: Phase, reason: str = "", message: str = "", **fields: Any
+) -> bool:
+    """Write a terminal phase that leaves the flag untouched, unless the change in fact landed.
+
+    Returns True if ``phase`` was written; False if the schedule turned out Applied, gone, or (for
+    Superseded) no longer superseded, in which case it is planned again.
+    """
+    flag = await fence(ctx, schedule)
+    if flag is not None and flag.marker.uid == schedule.ref.uid:
+        _log(schedule).warning("schedule.landed_before", instead_of=phase.value)
+        await record_applied(ctx, schedule, flag, None)
+        return False
+    if phase is Phase.SUPERSEDED:
+        if flag is None or against_marker(schedule, flag.marker) is not Verdict.SUPERSEDED:
+            raise StandDown("the flag changed; the schedule is planned again")
+        reason = "Superseded"
+        message = (
+            f"FeatureFlag {flag.ref.name} was last changed by {flag.marker.name} (uid {flag.marker.uid}, "
+            f"scheduledAt {rfc3339(flag.marker.scheduled_at)}), which is not older than this schedule; "
+            "applying it would move the flag backwards, so the flag was not changed"
+        )
+    written = await write_status(ctx, schedule, status.schedule_status(
+        schedule, ctx.clock(), phase, reason, message, **fields,
+    ))
+    return written is not None and written.status.phase is phase
 
 
 async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
     """A failed attempt: schedule a retry with backoff, or give up after maxRetries."""
     now = ctx.clock()
-    retry = schedule.spec.retry
-    limits = ctx.settings.retry_limits(
-        *(None, None, None) if retry is None else (retry.max_retries, retry.backoff_seconds, retry.max_backoff_seconds)
-    )
+    limits = ctx.settings.retry_limits(schedule.spec.retry)
     count = schedule.status.retry_count
-    log = get_logger(
-        flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace,
-        attempt=count + 1, error=error,
-    )
+    log = _log(schedule, attempt=count + 1, error=error)
     if retries_exhausted(count, limits):
-        await write_status(ctx, schedule, status.schedule_status(
-            schedule, now, Phase.FAILED, "RetriesExhausted", error, lastError=error,
-        ))
-        metrics.FAILED.inc()
-        ctx.event(schedule, "Warning", "Failed", f"Giving up after {count} retries: {error}")
-        log.error("schedule.failed", retry_count=count)
+        if await settle_untouched(ctx, schedule, Phase.FAILED, "RetriesExhausted", error, lastError=error):
+            metrics.FAILED.inc()
+            ctx.event(schedule, "Warning", "Failed", f"Giving up after {count} retries: {error}")
+            log.error("schedule.failed", retry_count=count)
         return
     when = next_retry_at(now, count + 1, limits, ctx.jitter())
     await write_status(ctx, schedule, status.schedule_status(
@@ -224,26 +299,34 @@ async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
     log.warning("schedule.retrying", retry_count=count + 1, next_retry_at=rfc3339(when))
 
 
+async def supersede_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
+    """Record Superseded (see ``settle_untouched``), with a Warning Event naming the newer schedule."""
+    if await settle_untouched(ctx, schedule, Phase.SUPERSEDED):
+        written = ctx.book.flag(flag_key(schedule))
+        newer = written.marker.name if written is not None else "a newer schedule"
+        metrics.SUPERSEDED.inc()
+        ctx.event(schedule, "Warning", "Superseded",
+                  f"Not applied: FeatureFlag {schedule.spec.flag_ref.name} was already changed by {newer}, "
+                  "which is due at or after this schedule")
+        _log(schedule).warning("schedule.superseded", newer=newer)
+
+
 async def cancel_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
     """``spec.cancelled`` on a schedule that has not run: Cancelled, the flag untouched."""
-    now = ctx.clock()
-    await write_status(ctx, schedule, status.schedule_status(
-        schedule, now, Phase.CANCELLED, "Cancelled", "spec.cancelled is true",
-    ))
-    metrics.CANCELLED.inc()
-    ctx.event(schedule, "Normal", "Cancelled", "Cancelled before it ran; the flag was not changed")
-    get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name).info("schedule.cancelled")
+    if await settle_untouched(ctx, schedule, Phase.CANCELLED, "Cancelled", "spec.cancelled is true"):
+        metrics.CANCELLED.inc()
+        ctx.event(schedule, "Normal", "Cancelled", "Cancelled before it ran; the flag was not changed")
+        _log(schedule).info("schedule.cancelled")
 
 
 async def miss_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
     """Reached after ``scheduledAt + startingDeadlineSeconds``: Missed, the flag untouched."""
-    now = ctx.clock()
-    late = (now - schedule.spec.scheduled_at).total_seconds()
+    late = (ctx.clock() - schedule.spec.scheduled_at).total_seconds()
     message = (
         f"reached {late:.1f}s after scheduledAt, past startingDeadlineSeconds "
         f"({schedule.spec.starting_deadline_seconds}); the flag was not changed"
     )
-    await write_status(ctx, schedule, status.schedule_status(schedule, now, Phase.MISSED, "DeadlineExceeded", message))
-    metrics.MISSED.inc()
-    ctx.event(schedule, "Warning", "Missed", message)
-    get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name).warning("schedule.missed", late_s=late)
+    if await settle_untouched(ctx, schedule, Phase.MISSED, "DeadlineExceeded", message):
+        metrics.MISSED.inc()
+        ctx.event(schedule, "Warning", "Missed", message)
+        _log(schedule).warning("schedule.missed", late_s=late)

@@ -1,13 +1,18 @@
 """The operator's in-memory view of flags and schedules, fed by watch events and its own writes.
 
 The cluster stays the only source of truth: the book is rebuilt from a LIST at start and from the
-watch stream. It never goes backwards: an object older (by resourceVersion) than the one held is
-ignored, so a late watch event cannot undo what the operator just wrote.
+watch stream. Identity is the uid, never the name: a schedule deleted and re-created under the
+same name is another schedule, and a late event about the old one never touches the new one.
+
+The book never goes backwards: an object older (by resourceVersion) than the one held is ignored,
+so a late watch event cannot undo what the operator just wrote. Only live (not yet terminal)
+schedules are kept whole; a finished schedule is remembered by uid and resourceVersion alone
+(nothing orders after it: the flag's marker does that), and deleted ones in a bounded list.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import pydantic
@@ -16,87 +21,154 @@ from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FeatureFlag, FlagSchedule
 
 Key = tuple[str, str]  # (namespace, name)
+# Deleted uids remembered, so that a late write response cannot bring a deleted schedule back.
+GONE_MEMORY = 10_000
 log = get_logger()
 
 
-def _newer(new_rv: str, old_rv: str) -> bool:
-    """resourceVersions are opaque, but etcd-backed ones are increasing integers; compare those."""
-    if new_rv.isdigit() and old_rv.isdigit():
-        return int(new_rv) >= int(old_rv)
-    return True
+def _version(body_or_rv: dict[str, Any] | str) -> int:
+    """resourceVersions are opaque, but etcd-backed ones are increasing integers; -1 if not."""
+    rv = body_or_rv if isinstance(body_or_rv, str) else body_or_rv.get("metadata", {}).get("resourceVersion", "")
+    return int(rv) if rv.isdigit() else -1
+
+
+def flag_key(schedule: FlagSchedule) -> Key:
+    """The (namespace, name) of the flag a schedule changes."""
+    return (schedule.ref.namespace, schedule.spec.flag_ref.name)
 
 
 class Book:
-    """Schedules and flags by (namespace, name), and the schedules of each flag."""
+    """Live schedules by uid (and by flag), finished and deleted ones by uid, flags by name."""
 
     def __init__(self) -> None:
-        self.schedules: dict[Key, FlagSchedule] = {}
+        self._live: dict[str, FlagSchedule] = {}
+        self._uid_by_name: dict[Key, str] = {}
+        self._by_flag: dict[Key, set[str]] = defaultdict(set)
+        self._finished: dict[str, int] = {}  # uid -> resourceVersion
+        self._gone: OrderedDict[str, None] = OrderedDict()
         self.flags: dict[Key, FeatureFlag] = {}
-        self._by_flag: dict[Key, set[Key]] = defaultdict(set)
 
-    @staticmethod
-    def flag_key(schedule: FlagSchedule) -> Key:
-        return (schedule.ref.namespace, schedule.spec.flag_ref.name)
+    # Schedules
 
-    def put_schedule(self, body: dict[str, Any]) -> Key | None:
-        """Record a schedule; return its flag's key, or None if nothing changed or it is malformed."""
-        try:
-            schedule = FlagSchedule.from_body(body)
-        except pydantic.ValidationError as err:
-            meta = body.get("metadata", {})
-            log.warning("schedule.malformed", namespace=meta.get("namespace"), schedule=meta.get("name"), error=str(err))
-            return None
-        key = (schedule.ref.namespace, schedule.ref.name)
-        old = self.schedules.get(key)
-        if old is not None:
-            if old.ref.uid == schedule.ref.uid and not _newer(schedule.ref.resource_version, old.ref.resource_version):
-                return None
-            if self.flag_key(old) != self.flag_key(schedule):
-                self._by_flag[self.flag_key(old)].discard(key)
-        self.schedules[key] = schedule
-        self._by_flag[self.flag_key(schedule)].add(key)
-        return self.flag_key(schedule)
+    def put_schedule(self, body: dict[str, Any]) -> FlagSchedule | None:
+        """Record a schedule the operator read or wrote; return its model (None if malformed)."""
+        schedule = _parse(FlagSchedule, body, "schedule")
+        if schedule is not None:
+            self._record(schedule)
+        return schedule
 
-    def drop_schedule(self, namespace: str, name: str) -> Key | None:
-        """Forget a deleted schedule; return its flag's key."""
-        schedule = self.schedules.pop((namespace, name), None)
-        if schedule is None:
-            return None
-        flag = self.flag_key(schedule)
-        self._by_flag[flag].discard((namespace, name))
+    def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> list[Key]:
+        """A watch event: update the book; return the flags whose plans may have changed."""
+        meta = body.get("metadata", {})
+        if event_type == "DELETED":
+            return self.drop_schedule(meta.get("uid", ""))
+        schedule = _parse(FlagSchedule, body, "schedule")
+        return [] if schedule is None else self._record(schedule)
+
+    def _record(self, schedule: FlagSchedule) -> list[Key]:
+        uid, version = schedule.ref.uid, _version(schedule.ref.resource_version)
+        if uid in self._gone or self._finished.get(uid, -2) >= version:
+            return []
+        name = (schedule.ref.namespace, schedule.ref.name)
+        held_uid = self._uid_by_name.get(name)
+        held = self._live.get(held_uid) if held_uid else None
+        if held is not None and _version(held.ref.resource_version) >= version:
+            return []  # a late copy, of this object or of a deleted namesake
+        touched = self.drop_schedule(held_uid) if held is not None and held_uid != uid else []
+        if held is not None and held_uid == uid:
+            self._unlink(held)
+        if schedule.status.phase.terminal:
+            self._finished[uid] = version
+            return [*touched, flag_key(schedule)]
+        self._live[uid] = schedule
+        self._uid_by_name[name] = uid
+        self._by_flag[flag_key(schedule)].add(uid)
+        return [*touched, *([flag_key(held)] if held is not None else []), flag_key(schedule)]
+
+    def _unlink(self, schedule: FlagSchedule) -> None:
+        """Take a live schedule out of every index (it finished, moved, or was replaced)."""
+        uid = schedule.ref.uid
+        self._live.pop(uid, None)
+        name = (schedule.ref.namespace, schedule.ref.name)
+        if self._uid_by_name.get(name) == uid:
+            del self._uid_by_name[name]
+        flag = flag_key(schedule)
+        self._by_flag[flag].discard(uid)
         if not self._by_flag[flag]:
             del self._by_flag[flag]
+
+    def drop_schedule(self, uid: str) -> list[Key]:
+        """Forget a deleted schedule (by uid); return its flag, if it was live."""
+        self._gone[uid] = None
+        while len(self._gone) > GONE_MEMORY:
+            self._gone.popitem(last=False)
+        self._finished.pop(uid, None)
+        schedule = self._live.get(uid)
+        if schedule is None:
+            return []
+        self._unlink(schedule)
+        return [flag_key(schedule)]
+
+    def schedule(self, uid: str) -> FlagSchedule | None:
+        """The live schedule with this uid."""
+        return self._live.get(uid)
+
+    def schedules_of(self, flag: Key) -> list[FlagSchedule]:
+        """The live schedules of a flag."""
+        return [self._live[uid] for uid in self._by_flag.get(flag, ())]
+
+    def flag_keys(self) -> list[Key]:
+        """Every flag that has live schedules (whether or not the flag itself exists)."""
+        return list(self._by_flag)
+
+    def pending_count(self) -> int:
+        return len(self._live)
+
+    def finished_count(self) -> int:
+        return len(self._finished)
+
+    # Flags
+
+    def put_flag(self, body: dict[str, Any]) -> FeatureFlag | None:
+        """Record a flag the operator read or wrote; return its model (None if malformed)."""
+        flag = _parse(FeatureFlag, body, "flag")
+        if flag is not None:
+            self._record_flag(flag)
         return flag
 
-    def put_flag(self, body: dict[str, Any]) -> Key | None:
-        """Record a flag; return its key, or None if nothing changed or it is malformed."""
-        try:
-            flag = FeatureFlag.from_body(body)
-        except pydantic.ValidationError as err:
-            meta = body.get("metadata", {})
-            log.warning("flag.malformed", namespace=meta.get("namespace"), flag=meta.get("name"), error=str(err))
-            return None
-        key = (flag.ref.namespace, flag.ref.name)
-        old = self.flags.get(key)
-        if old is not None and old.ref.uid == flag.ref.uid:
-            if not _newer(flag.ref.resource_version, old.ref.resource_version):
-                return None
-        self.flags[key] = flag
-        return key
+    def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> Key | None:
+        """A watch event: update the book; return the flag's key if anything changed."""
+        meta = body.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            return self.drop_flag(key, meta.get("uid", ""))
+        flag = _parse(FeatureFlag, body, "flag")
+        return None if flag is None or not self._record_flag(flag) else key
 
-    def drop_flag(self, namespace: str, name: str) -> Key:
-        self.flags.pop((namespace, name), None)
-        return (namespace, name)
+    def _record_flag(self, flag: FeatureFlag) -> bool:
+        key = (flag.ref.namespace, flag.ref.name)
+        held = self.flags.get(key)
+        if held is not None and _version(held.ref.resource_version) >= _version(flag.ref.resource_version):
+            return False
+        self.flags[key] = flag
+        return True
+
+    def drop_flag(self, key: Key, uid: str) -> Key | None:
+        """Forget a deleted flag, unless the name already belongs to a re-created one."""
+        held = self.flags.get(key)
+        if held is None or held.ref.uid != uid:
+            return None
+        del self.flags[key]
+        return key
 
     def flag(self, key: Key) -> FeatureFlag | None:
         return self.flags.get(key)
 
-    def schedules_of(self, flag: Key) -> list[FlagSchedule]:
-        return [self.schedules[k] for k in self._by_flag.get(flag, ())]
 
-    def flag_keys(self) -> list[Key]:
-        """Every flag that has schedules (whether or not the flag itself exists)."""
-        return list(self._by_flag)
-
-    def pending_count(self) -> int:
-        return sum(1 for s in self.schedules.values() if not s.status.phase.terminal)
+def _parse(model: type[FlagSchedule] | type[FeatureFlag], body: dict[str, Any], what: str) -> Any:
+    try:
+        return model.from_body(body)
+    except (pydantic.ValidationError, KeyError, TypeError) as err:
+        meta = body.get("metadata", {})
+        log.warning(f"{what}.malformed", namespace=meta.get("namespace"), name=meta.get("name"), error=str(err))
+        return None

@@ -6,9 +6,11 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flag_scheduler import failpoints
+from flag_scheduler.models import RetryPolicy
 from flag_scheduler.timing import RetryLimits
 
 
@@ -35,9 +37,18 @@ class Settings(BaseSettings):
     lease_duration_seconds: int = Field(15, ge=2, description="How long a Lease lasts without renewal.")
     renew_deadline_seconds: float = Field(10, ge=1, description="A leader that cannot renew for this long stops.")
     retry_period_seconds: float = Field(2, ge=1, description="Interval between acquire/renew attempts.")
+    failpoints: str = Field(
+        "", description="Comma-separated failpoints to arm (tests only; see flag_scheduler.failpoints)."
+    )
     identity: str = Field(
         default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     )
+
+    @field_validator("failpoints")
+    @classmethod
+    def _known_failpoints(cls, value: str) -> str:
+        failpoints.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
@@ -51,12 +62,15 @@ class Settings(BaseSettings):
             )
         return self
 
-    def retry_limits(self, max_retries: int | None, backoff: float | None, max_backoff: float | None) -> RetryLimits:
+    def retry_limits(self, policy: RetryPolicy | None) -> RetryLimits:
         """The operator defaults, overridden field by field by a schedule's ``spec.retry``."""
+        policy = policy or RetryPolicy()
         return RetryLimits(
-            max_retries=self.max_retries if max_retries is None else max_retries,
-            backoff_seconds=self.backoff_seconds if backoff is None else backoff,
-            max_backoff_seconds=self.max_backoff_seconds if max_backoff is None else max_backoff,
+            max_retries=self.max_retries if policy.max_retries is None else policy.max_retries,
+            backoff_seconds=self.backoff_seconds if policy.backoff_seconds is None else policy.backoff_seconds,
+            max_backoff_seconds=(
+                self.max_backoff_seconds if policy.max_backoff_seconds is None else policy.max_backoff_seconds
+            ),
         )
 
 

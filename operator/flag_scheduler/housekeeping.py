@@ -4,6 +4,11 @@ A new schedule reads back as ``Pending`` through the CRD's status default. First
 writes: the ownerReference (so deleting the flag garbage-collects the schedule) and the leader's
 claim (``status.claimedBy``, which also carries ``FlagFound=False`` when the flag is missing).
 Claiming here, not at the due time, keeps the due-time path to the flag patch and the status write.
+
+The owner is the flag's uid as read from the API server just before, not as the book remembers it:
+a flag deleted and re-created a moment ago must not hand its new schedules to the garbage
+collector through the old uid. A FeatureFlag owner with another uid (a deleted namesake) is
+replaced by the current flag.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from flag_scheduler import status
 from flag_scheduler.apply import Ctx, write_status
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import GROUP, VERSION, FeatureFlag, FlagSchedule
+from flag_scheduler.models import FLAGS, GROUP, VERSION, FeatureFlag, FlagSchedule
 from flag_scheduler.status import FLAG_FOUND
 
 
@@ -26,7 +31,7 @@ def needs_housekeeping(schedule: FlagSchedule, flag: FeatureFlag | None) -> bool
     unclaimed = schedule.status.claimed_by is None
     if flag is None:
         return found != "False" or unclaimed
-    return not schedule.owned or found == "False" or unclaimed
+    return not schedule.owned_by(flag.ref.uid) or found == "False" or unclaimed
 
 
 async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | None) -> None:
@@ -43,9 +48,15 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
         ctx.event(schedule, "Warning", "FlagNotFound", message + "; the schedule fails at its due time unless it appears")
         log.warning("schedule.flag_not_found")
         return
-    if not schedule.owned:
+    if not schedule.owned_by(flag.ref.uid):
+        stale, flag = flag, await _current_flag(ctx, schedule)
+        if flag is None:
+            ctx.book.drop_flag((stale.ref.namespace, stale.ref.name), stale.ref.uid)
+            return  # deleted meanwhile: planned again as a schedule without its flag
+        if schedule.owned_by(flag.ref.uid):
+            return  # the book was behind; planned again with the flag as it is
         owners = [
-            *schedule.owner_references,
+            *(o for o in schedule.owner_references if o.get("kind") != "FeatureFlag"),
             {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "FeatureFlag",
@@ -60,10 +71,15 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
                 return  # deleted, or changed under us: the next watch event brings it back here
             log.warning("schedule.owner_failed", error=describe(err))
             raise
-        ctx.book.put_schedule(body)
-        schedule = FlagSchedule.from_body(body)
+        schedule = ctx.book.put_schedule(body) or schedule
     if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
         message = f"FeatureFlag {flag.ref.name!r} exists"
         await write_status(ctx, schedule, {**status.flag_found_status(schedule, True, message, now), **claim})
     elif claim:
         await write_status(ctx, schedule, claim)
+
+
+async def _current_flag(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
+    """The schedule's flag as the API server has it now (recorded in the book)."""
+    body = await ctx.kube.get(FLAGS, schedule.ref.namespace, schedule.spec.flag_ref.name)
+    return None if body is None else ctx.book.put_flag(body)

@@ -1,8 +1,10 @@
 """Every request the operator makes to the API server, through the official ``kubernetes.aio`` client.
 
 Writes are JSON merge patches. Spec and metadata patches of a flag use the field manager
-``flag-scheduler`` (so Argo CD can ignore exactly those fields); writes that must not race carry
-``metadata.resourceVersion``, which the API server treats as a precondition (409 on mismatch).
+``flag-scheduler`` (so Argo CD can ignore exactly those fields). Every write of an existing object
+carries ``metadata.uid`` and ``metadata.resourceVersion``, which the API server treats as
+preconditions (409 on mismatch): a write never lands on a re-created namesake or on a version the
+operator has not seen.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -18,8 +20,11 @@ from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler.models import (
+    ANNOTATION_APPLIED_AT,
+    ANNOTATION_FENCING_TOKEN,
     ANNOTATION_SCHEDULE,
     ANNOTATION_SCHEDULE_UID,
+    ANNOTATION_SCHEDULED_AT,
     FIELD_MANAGER,
     FLAGS,
     GROUP,
@@ -27,16 +32,12 @@ from flag_scheduler.models import (
     VERSION,
     FlagSchedule,
     ObjectRef,
+    rfc3339,
 )
 
 MERGE = "application/merge-patch+json"
 # Failures below HTTP: the server did not answer.
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
-
-
-def rfc3339(moment: datetime) -> str:
-    """Format a timestamp the way Kubernetes prints them, with milliseconds."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 # The CRD bounds status.lastError (and condition messages) so one odd error cannot bloat etcd.
@@ -59,6 +60,19 @@ def _describe(err: BaseException) -> str:
             reason, message = err.reason, (err.body or "")[:300]
         return f"{err.status} {reason}: {message}".strip()
     return f"{type(err).__name__}: {err}"
+
+
+def exact_time(moment: datetime) -> str:
+    """A timestamp in UTC with all its digits, so the marker's ``scheduledAt`` compares exactly."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _preconditions(ref: ObjectRef, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """``metadata`` that makes the API server refuse the write (409) unless uid and version match."""
+    meta: dict[str, Any] = {"uid": ref.uid, "resourceVersion": ref.resource_version}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta}
 
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -127,38 +141,44 @@ class Kube:
                 return None
             raise
 
-    async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule) -> dict[str, Any]:
-        """Apply a schedule's updates and the exactly-once marker to the flag, in one request."""
-        body = {
-            "metadata": {
-                "resourceVersion": flag.resource_version,
-                "annotations": {ANNOTATION_SCHEDULE: schedule.ref.name, ANNOTATION_SCHEDULE_UID: schedule.ref.uid},
-            },
-            "spec": schedule.spec.updates.as_patch(),
-        }
-        return await self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, flag.namespace, FLAGS, flag.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
-        )
+    async def patch_flag_spec(
+        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime
+    ) -> dict[str, Any]:
+        """Apply a schedule's updates and its marker to the flag, in one request.
 
-    async def patch_flag_status(self, flag: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
-        """Record on the flag which schedule changed it last (not a race: only the leader writes it)."""
-        return await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, flag.namespace, FLAGS, flag.name, {"status": status},
-            field_manager=FIELD_MANAGER, _content_type=MERGE,
-        )
+        The marker (annotations) names the schedule, its uid and ``scheduledAt`` (exactly once and
+        forward only), when it landed, and the leader term that wrote it (fencing).
+        """
+        notes = {
+            ANNOTATION_SCHEDULE: schedule.ref.name,
+            ANNOTATION_SCHEDULE_UID: schedule.ref.uid,
+            ANNOTATION_SCHEDULED_AT: exact_time(schedule.spec.scheduled_at),
+            ANNOTATION_APPLIED_AT: rfc3339(now),
+            ANNOTATION_FENCING_TOKEN: fencing_token,
+        }
+        body = {**_preconditions(flag, notes), "spec": schedule.spec.updates.as_patch()}
+        return await self._patch(FLAGS, flag, body)
+
+    async def fence_flag(self, flag: ObjectRef, fencing_token: str) -> dict[str, Any]:
+        """Write only the fencing token: any PATCH prepared against an older version now fails."""
+        return await self._patch(FLAGS, flag, _preconditions(flag, {ANNOTATION_FENCING_TOKEN: fencing_token}))
 
     async def patch_schedule_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
-        """Write a schedule's status, on the condition that it has not changed since ``ref`` was read."""
-        body = {"metadata": {"resourceVersion": ref.resource_version}, "status": status}
+        """Write a schedule's status, on the condition that it is the same object, unchanged since read."""
+        body = {**_preconditions(ref), "status": status}
         return await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
         )
 
     async def set_owner(self, ref: ObjectRef, owners: list[dict[str, Any]]) -> dict[str, Any]:
-        """Replace a schedule's ownerReferences (preconditioned on its resourceVersion)."""
-        body = {"metadata": {"resourceVersion": ref.resource_version, "ownerReferences": owners}}
+        """Replace a schedule's ownerReferences (preconditioned like every write)."""
+        body = _preconditions(ref)
+        body["metadata"]["ownerReferences"] = owners
+        return await self._patch(SCHEDULES, ref, body)
+
+    async def _patch(self, plural: str, ref: ObjectRef, body: dict[str, Any]) -> dict[str, Any]:
         return await self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+            GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
         )
 
     async def post_event(self, ref: ObjectRef, kind: str, type_: str, reason: str, message: str, now: datetime) -> None:

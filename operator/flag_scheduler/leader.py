@@ -13,6 +13,9 @@ it lacks, and this module adds:
 - it campaigns once; here a replica that lost the Lease goes back to campaigning;
 - it never gives the Lease back; here a leader that shuts down cleanly releases it, so a rolling
   update hands over in about one retry period instead of a full lease duration;
+- it has no fencing token; here each term of leadership draws a random ``term`` that the operator
+  writes to the flags it touches (see ``apply.py``): the Lease's ``leaseTransitions`` would do, but
+  the library neither maintains nor exposes it;
 - in kubernetes 37.0.2 ``LeaseLock.create`` passes ``pretty=True``, which the generated client
   refuses (``pretty`` must be a string), so no Lease could ever be created; ``_LeaseLock`` fixes it.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from kubernetes.aio import client
@@ -91,6 +95,7 @@ class Leadership:
         self._on_stop = on_stop
         self._renewed_at = float("-inf")
         self.leading = False
+        self.term = uuid.uuid4().hex  # the fencing token: a new one each time this replica becomes leader
 
     def fresh(self) -> bool:
         """True while this replica leads and its last renewal started less than renew_deadline ago."""
@@ -111,6 +116,7 @@ class Leadership:
             await asyncio.sleep(s.retry_period_seconds)
 
     async def _started(self) -> None:
+        self.term = uuid.uuid4().hex
         self.leading = True
         metrics.IS_LEADER.set(1)
         log.info("leader.acquired", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")

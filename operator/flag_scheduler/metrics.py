@@ -8,6 +8,9 @@ APPLIED = Counter("flag_scheduler_schedules_applied_total", "Schedules applied t
 RETRIED = Counter("flag_scheduler_schedules_retried_total", "Failed attempts that will be retried.")
 FAILED = Counter("flag_scheduler_schedules_failed_total", "Schedules that ran out of retries.")
 MISSED = Counter("flag_scheduler_schedules_missed_total", "Schedules reached after their starting deadline.")
+SUPERSEDED = Counter(
+    "flag_scheduler_schedules_superseded_total", "Schedules not applied because a newer one had changed the flag."
+)
 CANCELLED = Counter("flag_scheduler_schedules_cancelled_total", "Schedules cancelled before they ran.")
 LATENESS = Histogram(
     "flag_scheduler_lateness_seconds",

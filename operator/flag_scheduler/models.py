@@ -6,7 +6,7 @@ and are how the operator reads objects: ``FlagSchedule.from_body(body)``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -16,11 +16,33 @@ GROUP = "flagscheduler.dev"
 VERSION = "v1alpha1"
 FLAGS = "featureflags"
 SCHEDULES = "flagschedules"
-# Set on the flag in the same PATCH as the change: the exactly-once marker.
+# Set on the flag in the same PATCH as the change: the exactly-once and forward-only marker.
 ANNOTATION_SCHEDULE = f"{GROUP}/last-applied-schedule"
 ANNOTATION_SCHEDULE_UID = f"{GROUP}/last-applied-schedule-uid"
+ANNOTATION_SCHEDULED_AT = f"{GROUP}/last-applied-scheduled-at"
+ANNOTATION_APPLIED_AT = f"{GROUP}/last-applied-at"
+# The leader term that last wrote the flag: a new leader writes it before it settles a schedule
+# without changing the flag, so a deposed leader's in-flight PATCH fails its precondition.
+ANNOTATION_FENCING_TOKEN = f"{GROUP}/fencing-token"
 FIELD_MANAGER = "flag-scheduler"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def rfc3339(moment: datetime) -> str:
+    """Format a timestamp the way Kubernetes prints them (UTC, milliseconds): the CRDs' wire format."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 timestamp, or None if absent or unreadable (annotations are free text)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 class _Model(BaseModel):
@@ -36,13 +58,14 @@ class Phase(StrEnum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
     MISSED = "Missed"
+    SUPERSEDED = "Superseded"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({Phase.APPLIED, Phase.FAILED, Phase.CANCELLED, Phase.MISSED})
+TERMINAL = frozenset({Phase.APPLIED, Phase.FAILED, Phase.CANCELLED, Phase.MISSED, Phase.SUPERSEDED})
 
 
 class Condition(_Model):
@@ -65,11 +88,8 @@ class FeatureFlagSpec(_Model):
 
 
 class FeatureFlagStatus(_Model):
-    """What the operator last did to the flag."""
+    """Conditions about the flag (the last change is recorded in annotations, see ``Marker``)."""
 
-    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
-    last_applied_schedule: str | None = Field(default=None, alias="lastAppliedSchedule", max_length=253)
-    last_applied_at: datetime | None = Field(default=None, alias="lastAppliedAt")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
@@ -151,10 +171,14 @@ class FlagSchedule(_Model):
     status: FlagScheduleStatus = Field(default_factory=FlagScheduleStatus)
     owner_references: list[dict[str, Any]] = Field(default_factory=list)
 
-    @property
-    def owned(self) -> bool:
-        """True once the schedule has its FeatureFlag as an owner (so deleting the flag removes it)."""
-        return any(o.get("kind") == "FeatureFlag" for o in self.owner_references)
+    def owned_by(self, flag_uid: str) -> bool:
+        """True if the flag with ``flag_uid`` is this schedule's only FeatureFlag owner.
+
+        An owner with another uid is a deleted namesake of the flag (deleted and re-created):
+        the garbage collector would delete the schedule through it.
+        """
+        owners = {o.get("uid") for o in self.owner_references if o.get("kind") == "FeatureFlag"}
+        return owners == {flag_uid}
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> FlagSchedule:
@@ -168,21 +192,40 @@ class FlagSchedule(_Model):
         )
 
 
+class Marker(_Model):
+    """What the flag's annotations say about the schedule that changed it last."""
+
+    uid: str | None = None
+    name: str | None = None
+    scheduled_at: datetime | None = None
+    applied_at: datetime | None = None
+    fencing_token: str | None = None
+
+    @classmethod
+    def from_annotations(cls, notes: dict[str, str]) -> Marker:
+        return cls(
+            uid=notes.get(ANNOTATION_SCHEDULE_UID),
+            name=notes.get(ANNOTATION_SCHEDULE),
+            scheduled_at=parse_time(notes.get(ANNOTATION_SCHEDULED_AT)),
+            applied_at=parse_time(notes.get(ANNOTATION_APPLIED_AT)),
+            fencing_token=notes.get(ANNOTATION_FENCING_TOKEN),
+        )
+
+
 class FeatureFlag(_Model):
     """A FeatureFlag as read from the API server."""
 
     ref: ObjectRef
     spec: FeatureFlagSpec
     status: FeatureFlagStatus = Field(default_factory=FeatureFlagStatus)
-    applied_schedule_uid: str | None = None
+    marker: Marker = Field(default_factory=Marker)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> FeatureFlag:
         meta = body["metadata"]
-        marker = (meta.get("annotations") or {}).get(ANNOTATION_SCHEDULE_UID)
         return cls(
             ref=ObjectRef.from_meta(meta),
             spec=body["spec"],
             status=body.get("status") or {},
-            applied_schedule_uid=marker,
+            marker=Marker.from_annotations(meta.get("annotations") or {}),
         )

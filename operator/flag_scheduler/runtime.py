@@ -16,7 +16,7 @@ from flag_scheduler.kube import Kube
 from flag_scheduler.leader import Leadership
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
-from flag_scheduler.scheduler import Dispatcher
+from flag_scheduler.dispatcher import Dispatcher
 
 log = get_logger()
 
@@ -36,6 +36,7 @@ class Runtime:
         self.dispatcher = Dispatcher(self.ctx)
         self.leadership = Leadership(settings, kube.api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
+        self.ctx.fencing_token = lambda: self.leadership.term
         self._task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
 
@@ -52,7 +53,8 @@ class Runtime:
             runtime.book.put_schedule(body)
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
-        log.info("operator.started", identity=settings.identity, schedules=len(runtime.book.schedules))
+        log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
+                 finished_schedules=runtime.book.finished_count())
         return runtime
 
     async def _lead(self) -> None:
@@ -66,22 +68,13 @@ class Runtime:
         await self.dispatcher.stop()
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """A watch event for a schedule: update the book and re-plan its flag."""
-        meta = body["metadata"]
-        if event_type == "DELETED":
-            flag = self.book.drop_schedule(meta["namespace"], meta["name"])
-        else:
-            flag = self.book.put_schedule(body)
-        if flag is not None:
+        """A watch event for a schedule: update the book and re-plan the flags it touched."""
+        for flag in self.book.observe_schedule(event_type, body):
             self.dispatcher.plan(flag)
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
-        meta = body["metadata"]
-        if event_type == "DELETED":
-            key = self.book.drop_flag(meta["namespace"], meta["name"])
-        else:
-            key = self.book.put_flag(body)
+        key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
 

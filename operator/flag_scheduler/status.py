@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flag_scheduler.kube import rfc3339
-from flag_scheduler.models import Condition, FlagSchedule, Phase
+from flag_scheduler.models import Condition, FlagSchedule, Phase, rfc3339
 
 APPLIED = "Applied"
 FLAG_FOUND = "FlagFound"
@@ -64,12 +63,3 @@ def flag_found_status(schedule: FlagSchedule, found: bool, message: str, now: da
         schedule.ref.generation, now,
     )
     return {"phase": schedule.status.phase.value, "conditions": _with(schedule.status.conditions, cond)}
-
-
-def flag_status(schedule: FlagSchedule, flag_generation: int, now: datetime) -> dict[str, Any]:
-    """What the flag records about the schedule that changed it last."""
-    return {
-        "lastAppliedSchedule": schedule.ref.name,
-        "lastAppliedAt": rfc3339(now),
-        "observedGeneration": flag_generation,
-    }

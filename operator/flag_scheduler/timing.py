@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from flag_scheduler.models import FlagSchedule, Phase
+from flag_scheduler.models import FlagSchedule, Marker, Phase
 
 # Subtractive jitter: a retry waits between (1 - JITTER) and 1 times its backoff, never above the cap.
 JITTER = 0.1
@@ -95,6 +95,30 @@ def retries_exhausted(retry_count: int, limits: RetryLimits) -> bool:
 def order_key(schedule: FlagSchedule) -> tuple[datetime, str]:
     """Schedules of one flag apply in ``scheduledAt`` order, ties broken by name."""
     return (schedule.spec.scheduled_at, schedule.ref.name)
+
+
+class Verdict(StrEnum):
+    """What a flag's marker says about a schedule that is about to change it."""
+
+    GO = "go"  # the change has not landed and moves the flag forward
+    LANDED = "landed"  # this very schedule (by uid) changed the flag last
+    SUPERSEDED = "superseded"  # a schedule due at or after this one already changed the flag
+
+
+def against_marker(schedule: FlagSchedule, marker: Marker) -> Verdict:
+    """Forward only: a schedule ordered at or before the one that changed the flag last never applies.
+
+    Identity is the uid, so a re-created schedule (same name and time, new uid) whose namesake
+    already landed is superseded rather than applied twice. A marker without a readable
+    ``scheduledAt`` (written by hand, or before it was recorded) orders nothing.
+    """
+    if marker.uid is not None and marker.uid == schedule.ref.uid:
+        return Verdict.LANDED
+    if marker.scheduled_at is None or marker.name is None:
+        return Verdict.GO
+    if order_key(schedule) <= (marker.scheduled_at, marker.name):
+        return Verdict.SUPERSEDED
+    return Verdict.GO
 
 
 def head_of_line(schedules: Iterable[FlagSchedule]) -> FlagSchedule | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 
 from conftest import REPO, Kubectl
 from controlplane import ControlPlane
+from operator_harness import Cluster, OperatorProcess
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
@@ -30,3 +33,26 @@ def operator_kubeconfig(control_plane: ControlPlane, kubectl: Kubectl, operator_
         "create", "token", OPERATOR_SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
     ).stdout.strip()
     return control_plane.write_token_kubeconfig("operator-sa", token)
+
+
+@pytest.fixture
+def cluster(api_client: k8s.ApiClient, control_plane: ControlPlane, namespace: str, crds: None) -> Cluster:
+    """Flags and schedules in this test's namespace, as the admin."""
+    return Cluster(api_client, control_plane, namespace)
+
+
+@pytest.fixture
+def start_operator(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operators for this test's namespace (env overrides as keyword arguments); stopped at the end."""
+    started: list[OperatorProcess] = []
+
+    def start(kubeconfig: Path | None = None, log_name: str = "operator.log", **env: str) -> OperatorProcess:
+        op = OperatorProcess(kubeconfig or control_plane.kubeconfig(), [namespace], tmp_path / log_name, **env)
+        started.append(op)
+        return op.start()
+
+    yield start
+    for op in started:
+        op.stop()

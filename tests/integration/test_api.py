@@ -410,17 +410,16 @@ def test_operator_service_account_can_do_its_job(
 
     crd = k8s.CustomObjectsApi(operator_api)
     group, version = API_VERSION.split("/")
+    marker = {"flagscheduler.dev/last-applied-schedule": "go-live"}
     crd.patch_namespaced_custom_object(
-        group, version, namespace, "featureflags", "checkout-v2", {"spec": {"enabled": True}}
+        group, version, namespace, "featureflags", "checkout-v2",
+        {"metadata": {"annotations": marker}, "spec": {"enabled": True}},
     )
     crd.patch_namespaced_custom_object(
         group, version, namespace, "flagschedules", "go-live", {"metadata": {"annotations": {"probe": "1"}}}
     )
     crd.patch_namespaced_custom_object_status(
         group, version, namespace, "flagschedules", "go-live", {"status": {"phase": "Applied"}}
-    )
-    crd.patch_namespaced_custom_object_status(
-        group, version, namespace, "featureflags", "checkout-v2", {"status": {"lastAppliedSchedule": "go-live"}}
     )
 
     core = k8s.CoreV1Api(operator_api)
@@ -450,7 +449,7 @@ def test_operator_service_account_can_do_its_job(
 
     stored_flag = kubectl.json("get", "ff", "checkout-v2", "-n", namespace)
     assert stored_flag["spec"]["enabled"] is True
-    assert stored_flag["status"]["lastAppliedSchedule"] == "go-live"
+    assert stored_flag["metadata"]["annotations"] == marker
     assert kubectl.json("get", "fs", "go-live", "-n", namespace)["status"]["phase"] == "Applied"
     assert kubectl.json("get", "event", "go-live.probe", "-n", namespace)["count"] == 2
 
@@ -484,6 +483,9 @@ OPERATOR_REFUSALS = [
      'cannot delete resource "flagschedules" in API group "flagscheduler.dev"'),
     ("create-flag", ["create", "-n", "{ns}", "-f", "-"], _new_flag,
      'cannot create resource "featureflags" in API group "flagscheduler.dev"'),
+    ("flag-status", ["patch", "ff", "checkout-v2", "-n", "{ns}", "--subresource=status", "--type=merge",
+                     "-p", '{{"status":{{"conditions":[]}}}}'], None,
+     'cannot patch resource "featureflags/status" in API group "flagscheduler.dev"'),
     ("update-schedule", ["replace", "-f", "-"], _stored_schedule,
      'cannot update resource "flagschedules" in API group "flagscheduler.dev"'),
     ("list-namespaces", ["get", "namespaces"], None, 'cannot list resource "namespaces"'),

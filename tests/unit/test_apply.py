@@ -1,0 +1,179 @@
+"""Apply, settle and fence against an in-memory API (``fake_kube``), with a fake clock: the unit tier."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from fake_kube import FakeKube
+from flag_scheduler.apply import Ctx, StandDown, apply_schedule, cancel_schedule
+from flag_scheduler.book import Book
+from flag_scheduler.config import Settings
+from flag_scheduler.dispatcher import Dispatcher
+from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Phase
+
+NS = "ns"
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def ctx(kube: FakeKube) -> Ctx:
+    settings = Settings(identity="me", max_retries=0, backoff_seconds=1, max_backoff_seconds=2)
+    return Ctx(kube=kube, book=Book(), settings=settings, clock=Clock(T0 + timedelta(seconds=1)),
+               jitter=lambda: 0.0, fencing_token=lambda: "term-2")
+
+
+def add_flag(kube: FakeKube, ctx: Ctx, name: str = "f", annotations: dict[str, str] | None = None) -> dict:
+    body = kube.create(FLAGS, {"metadata": {"namespace": NS, "name": name, "annotations": annotations or {}},
+                               "spec": {"enabled": False, "rolloutPercentage": 0}})
+    ctx.book.put_flag(body)
+    return body
+
+
+def add_schedule(kube: FakeKube, ctx: Ctx, name: str = "s", at: datetime = T0, **spec: Any) -> FlagSchedule:
+    body = kube.create(SCHEDULES, {
+        "metadata": {"namespace": NS, "name": name},
+        "spec": {"flagRef": {"name": "f"}, "scheduledAt": at.isoformat(), "updates": {"enabled": True}, **spec},
+        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "me"},
+    })
+    return ctx.book.put_schedule(body)
+
+
+def phase(kube: FakeKube, name: str = "s") -> str:
+    return kube.objects[(SCHEDULES, NS, name)]["status"]["phase"]
+
+
+def flag(kube: FakeKube, name: str = "f") -> dict:
+    return kube.objects[(FLAGS, NS, name)]
+
+
+async def test_a_due_schedule_lands_once_with_its_marker(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Applied"
+    notes = flag(kube)["metadata"]["annotations"]
+    assert flag(kube)["spec"]["enabled"] is True
+    assert notes["flagscheduler.dev/last-applied-schedule-uid"] == schedule.ref.uid
+    assert notes["flagscheduler.dev/fencing-token"] == "term-2"
+    writes = [c for c in kube.calls if not c.startswith("get")]
+    assert writes == ["patch_flag_spec", "patch_schedule_status"]
+
+
+async def test_a_lost_patch_response_makes_the_schedule_applied_not_failed(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)  # max_retries 0: a failure is final
+    kube.lose_response.add("patch_flag_spec")
+    await apply_schedule(ctx, schedule)
+    assert flag(kube)["spec"]["enabled"] is True
+    assert phase(kube) == "Applied"
+
+
+async def test_a_failure_that_did_not_land_is_failed_after_the_flag_is_fenced(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
+    schedule = add_schedule(kube, ctx)
+    kube.hooks["patch_flag_spec"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
+    await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Failed"
+    assert flag(kube)["spec"]["enabled"] is False
+    assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-2"
+
+
+async def test_cancelling_a_change_that_landed_records_applied(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    await apply_schedule(ctx, schedule)
+    # As if the status write had been lost: the schedule reads Pending again, now cancelled.
+    body = kube.objects[(SCHEDULES, NS, "s")]
+    body["status"] = {"phase": "Pending", "retryCount": 0, "claimedBy": "me"}
+    body["spec"]["cancelled"] = True
+    stale = FlagSchedule.from_body(body)
+    await cancel_schedule(ctx, stale)
+    assert phase(kube) == "Applied"
+
+
+async def test_cancel_fences_the_flag_once_per_term(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    first = add_schedule(kube, ctx, "a", cancelled=True)
+    second = add_schedule(kube, ctx, "b", cancelled=True)
+    await cancel_schedule(ctx, first)
+    await cancel_schedule(ctx, second)
+    assert phase(kube, "a") == phase(kube, "b") == "Cancelled"
+    assert kube.calls.count("fence_flag") == 1
+    assert flag(kube)["spec"]["enabled"] is False
+
+
+async def test_a_fence_makes_a_patch_prepared_before_it_fail(kube: FakeKube, ctx: Ctx) -> None:
+    """The deposed leader's view: it read the flag, then a new term fenced it; its PATCH is refused."""
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+
+    def new_leader_cancels() -> None:
+        obj = kube.objects[(FLAGS, NS, "f")]
+        obj["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] = "term-3"
+        obj["metadata"]["resourceVersion"] = "999"
+        kube.objects[(SCHEDULES, NS, "s")]["status"] = {"phase": "Cancelled", "claimedBy": "other"}
+    kube.hooks["patch_flag_spec"] = new_leader_cancels
+    with pytest.raises(StandDown, match="Cancelled"):  # 409, read again, the schedule is finished
+        await apply_schedule(ctx, schedule)
+    assert flag(kube)["spec"]["enabled"] is False
+
+
+async def test_an_older_schedule_is_superseded(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    newer = add_schedule(kube, ctx, "nine", T0)
+    await apply_schedule(ctx, newer)
+    older = add_schedule(kube, ctx, "eight", T0 - timedelta(hours=1), updates={"rolloutPercentage": 5})
+    await apply_schedule(ctx, older)
+    await asyncio.gather(*ctx.background)
+    assert phase(kube, "eight") == "Superseded"
+    assert flag(kube)["spec"]["rolloutPercentage"] == 0
+    assert ("eight", "Warning", "Superseded") in kube.events
+
+
+async def test_a_schedule_deleted_before_its_patch_is_not_applied(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    kube.delete(SCHEDULES, NS, "s")  # the book still has it (a ghost after a relist, say)
+    with pytest.raises(StandDown, match="deleted"):
+        await apply_schedule(ctx, schedule)
+    assert flag(kube)["spec"]["enabled"] is False
+    assert ctx.book.schedule(schedule.ref.uid) is None
+
+
+def test_the_dispatcher_plans_each_flag_at_its_heads_due_time(kube: FakeKube, ctx: Ctx) -> None:
+    body = add_flag(kube, ctx)
+    owner = [{"kind": "FeatureFlag", "name": "f", "uid": body["metadata"]["uid"]}]
+    for name, minutes in (("late", 30), ("early", 10)):
+        ctx.book.put_schedule(kube.create(SCHEDULES, {
+            "metadata": {"namespace": NS, "name": name, "ownerReferences": owner},
+            "spec": {"flagRef": {"name": "f"}, "scheduledAt": (T0 + timedelta(minutes=minutes)).isoformat(),
+                     "updates": {"enabled": True}},
+            "status": {"phase": "Pending", "claimedBy": "me"},
+        }))
+    dispatcher = Dispatcher(ctx)
+    dispatcher.plan((NS, "f"))
+    assert dispatcher._planned[(NS, "f")] == T0 + timedelta(minutes=10)
+    # Cancelling the later one needs work now; an unclaimed one needs first-sight housekeeping now.
+    body = kube.objects[(SCHEDULES, NS, "late")]
+    body["spec"]["cancelled"] = True
+    body["metadata"]["resourceVersion"] = "500"
+    ctx.book.put_schedule(body)
+    dispatcher.plan((NS, "f"))
+    assert dispatcher._planned[(NS, "f")] == ctx.clock()
