@@ -38,14 +38,26 @@ from flag_scheduler.book import Book, flag_key
 from flag_scheduler.config import Settings
 from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import FLAGS, SCHEDULES, FeatureFlag, FlagSchedule, Phase, rfc3339
+from flag_scheduler.models import FLAGS, SCHEDULES, FeatureFlag, FlagSchedule, ObjectRef, Phase, rfc3339
 from flag_scheduler.timing import Verdict, against_marker, due_at, next_retry_at, retries_exhausted
 
 CONFLICT_ATTEMPTS = 5
+# Events are posted in the background, a few at a time, and dropped (counted) past a backlog, so a
+# burst of outcomes never holds up schedules or piles up memory.
+EVENT_POSTS = 8
+EVENT_BACKLOG = 1000
 
 
 class ApplyFailure(Exception):
     """The flag could not be changed this time; ``str()`` is what status.lastError shows."""
+
+
+class StatusWriteFailed(Exception):
+    """The API server refused (or did not answer) a status write; the flag's work is retried with backoff."""
+
+    def __init__(self, schedule: FlagSchedule, error: str) -> None:
+        super().__init__(error)
+        self.schedule = schedule
 
 
 class StandDown(Exception):
@@ -64,13 +76,25 @@ class Ctx:
     is_leader: Callable[[], bool] = lambda: True
     fencing_token: Callable[[], str] = lambda: "standalone"
     background: set[asyncio.Task] = field(default_factory=set)
+    _event_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_POSTS))
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:
         """Post an Event without holding up the schedule; a failed post is logged, never raised."""
         kind = "FlagSchedule" if isinstance(obj, FlagSchedule) else "FeatureFlag"
-        task = asyncio.create_task(self.kube.post_event(obj.ref, kind, type_, reason, message, self.clock()))
+        self.event_about(obj.ref, kind, type_, reason, message)
+
+    def event_about(self, ref: ObjectRef, kind: str, type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: at most ``EVENT_POSTS`` at once, ``EVENT_BACKLOG`` queued."""
+        if len(self.background) >= EVENT_BACKLOG:
+            metrics.EVENTS_DROPPED.inc()
+            return
+        task = asyncio.create_task(self._post(ref, kind, type_, reason, message, self.clock()))
         self.background.add(task)
         task.add_done_callback(self._event_done)
+
+    async def _post(self, *args: Any) -> None:
+        async with self._event_slots:
+            await self.kube.post_event(*args)
 
     def _event_done(self, task: asyncio.Task) -> None:
         self.background.discard(task)
@@ -94,9 +118,11 @@ async def write_status(
     for _ in range(CONFLICT_ATTEMPTS):
         try:
             body = await ctx.kube.patch_schedule_status(schedule.ref, new_status)
+        except TRANSPORT_ERRORS as err:
+            raise StatusWriteFailed(schedule, describe(err)) from err
         except ApiException as err:
             if err.status not in (404, 409):
-                raise
+                raise StatusWriteFailed(schedule, describe(err)) from err
             fresh = await _read(ctx, SCHEDULES, (schedule.ref.namespace, schedule.ref.name))
             if fresh is None or fresh["metadata"].get("uid") != schedule.ref.uid:
                 ctx.book.drop_schedule(schedule.ref.uid)

@@ -12,15 +12,18 @@ schedules are kept whole; a finished schedule is remembered by uid and resourceV
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, defaultdict
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import pydantic
 
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import FeatureFlag, FlagSchedule
+from flag_scheduler.models import TERMINAL, FeatureFlag, FlagSchedule, ObjectRef, parse_time
 
 Key = tuple[str, str]  # (namespace, name)
+TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)
 # Deleted uids remembered, so that a late write response cannot bring a deleted schedule back.
 GONE_MEMORY = 10_000
 log = get_logger()
@@ -37,10 +40,30 @@ def flag_key(schedule: FlagSchedule) -> Key:
     return (schedule.ref.namespace, schedule.spec.flag_ref.name)
 
 
-class Book:
-    """Live schedules by uid (and by flag), finished and deleted ones by uid, flags by name."""
+class Expiry(NamedTuple):
+    """A finished schedule due for deletion (``ttlSecondsAfterFinished``)."""
 
-    def __init__(self) -> None:
+    at: datetime
+    ref: ObjectRef
+
+
+class Unreadable(NamedTuple):
+    """A schedule the API server accepted but the operator cannot interpret."""
+
+    ref: ObjectRef
+    error: str
+
+
+class Book:
+    """Live schedules by uid (and by flag), finished and deleted ones by uid, flags by name.
+
+    ``default_ttl`` is the operator's ``FINISHED_TTL_SECONDS`` (None: keep finished schedules).
+    """
+
+    def __init__(self, default_ttl: int | None = None) -> None:
+        self.default_ttl = default_ttl
+        self.expiries: list[Expiry] = []  # a heap, earliest first
+        self.unreadable: dict[str, Unreadable] = {}  # by uid, until the operator marks them Failed
         self._live: dict[str, FlagSchedule] = {}
         self._uid_by_name: dict[Key, str] = {}
         self._by_flag: dict[Key, set[str]] = defaultdict(set)
@@ -54,16 +77,70 @@ class Book:
         """Record a schedule the operator read or wrote; return its model (None if malformed)."""
         schedule = _parse(FlagSchedule, body, "schedule")
         if schedule is not None:
-            self._record(schedule)
+            if schedule.status.phase.terminal:
+                self._record_finished(body)
+            else:
+                self._record(schedule)
         return schedule
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> list[Key]:
-        """A watch event: update the book; return the flags whose plans may have changed."""
+        """A watch event (or a LIST item): update the book; return the flags whose plans may have changed.
+
+        A finished schedule is recorded without parsing it whole: at start there may be many.
+        """
         meta = body.get("metadata", {})
+        uid = meta.get("uid", "")
         if event_type == "DELETED":
-            return self.drop_schedule(meta.get("uid", ""))
+            self.unreadable.pop(uid, None)
+            return self.drop_schedule(uid)
+        if ((body.get("status") or {}).get("phase")) in TERMINAL_NAMES:
+            self.unreadable.pop(uid, None)
+            return self._record_finished(body)
         schedule = _parse(FlagSchedule, body, "schedule")
-        return [] if schedule is None else self._record(schedule)
+        if schedule is None:
+            return self._record_unreadable(body)
+        self.unreadable.pop(uid, None)
+        return self._record(schedule)
+
+    def _record_unreadable(self, body: dict[str, Any]) -> list[Key]:
+        """Keep the schedule for the leader to mark Failed (InvalidSpec); forget any older readable copy."""
+        try:
+            ref = ObjectRef.from_meta(body["metadata"])
+        except (KeyError, TypeError, ValueError):
+            return []
+        if ref.uid in self._gone:
+            return []
+        try:
+            FlagSchedule.from_body(body)
+            error = "unreadable"
+        except Exception as err:  # noqa: BLE001 - the message is what the user reads
+            error = _first_error(err)
+        held = self._live.get(ref.uid)
+        touched = [] if held is None or _version(held.ref.resource_version) >= _version(ref.resource_version) \
+            else self.drop_schedule(ref.uid, forget=False)
+        self.unreadable[ref.uid] = Unreadable(ref, error)
+        return touched
+
+    def _record_finished(self, body: dict[str, Any]) -> list[Key]:
+        meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        uid, version = meta.get("uid", ""), _version(body)
+        if uid in self._gone or self._finished.get(uid, -2) >= version:
+            return []
+        touched = []
+        held = self._live.get(uid)
+        if held is not None:
+            if _version(held.ref.resource_version) >= version:
+                return []
+            touched = self.drop_schedule(uid, forget=False)
+        self._finished[uid] = version
+        ttl = spec.get("ttlSecondsAfterFinished", self.default_ttl)
+        finished_at = parse_time(status.get("finishedAt")) or parse_time(meta.get("creationTimestamp"))
+        if isinstance(ttl, int) and finished_at is not None:
+            try:
+                heapq.heappush(self.expiries, Expiry(finished_at + timedelta(seconds=ttl), ObjectRef.from_meta(meta)))
+            except OverflowError:
+                pass  # past the year 9999: never
+        return touched
 
     def _record(self, schedule: FlagSchedule) -> list[Key]:
         uid, version = schedule.ref.uid, _version(schedule.ref.resource_version)
@@ -77,9 +154,6 @@ class Book:
         touched = self.drop_schedule(held_uid) if held is not None and held_uid != uid else []
         if held is not None and held_uid == uid:
             self._unlink(held)
-        if schedule.status.phase.terminal:
-            self._finished[uid] = version
-            return [*touched, flag_key(schedule)]
         self._live[uid] = schedule
         self._uid_by_name[name] = uid
         self._by_flag[flag_key(schedule)].add(uid)
@@ -97,12 +171,13 @@ class Book:
         if not self._by_flag[flag]:
             del self._by_flag[flag]
 
-    def drop_schedule(self, uid: str) -> list[Key]:
-        """Forget a deleted schedule (by uid); return its flag, if it was live."""
-        self._gone[uid] = None
-        while len(self._gone) > GONE_MEMORY:
-            self._gone.popitem(last=False)
-        self._finished.pop(uid, None)
+    def drop_schedule(self, uid: str, forget: bool = True) -> list[Key]:
+        """Take a schedule out of the live set (by uid); ``forget``: it was deleted. Return its flag."""
+        if forget:
+            self._gone[uid] = None
+            while len(self._gone) > GONE_MEMORY:
+                self._gone.popitem(last=False)
+            self._finished.pop(uid, None)
         schedule = self._live.get(uid)
         if schedule is None:
             return []
@@ -163,6 +238,15 @@ class Book:
 
     def flag(self, key: Key) -> FeatureFlag | None:
         return self.flags.get(key)
+
+
+def _first_error(err: Exception) -> str:
+    """The field and message of a validation error, the way a user would look for it."""
+    if isinstance(err, pydantic.ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']} (value {first.get('input')!r})"[:1000]
+    return f"{type(err).__name__}: {err}"[:1000]
 
 
 def _parse(model: type[FlagSchedule] | type[FeatureFlag], body: dict[str, Any], what: str) -> Any:

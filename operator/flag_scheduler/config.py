@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     lease_duration_seconds: int = Field(15, ge=2, description="How long a Lease lasts without renewal.")
     renew_deadline_seconds: float = Field(10, ge=1, description="A leader that cannot renew for this long stops.")
     retry_period_seconds: float = Field(2, ge=1, description="Interval between acquire/renew attempts.")
+    finished_ttl_seconds: int | None = Field(
+        None, ge=0, le=2_147_483_647,
+        description="Delete finished schedules this long after they finished, unless they say otherwise"
+        " (spec.ttlSecondsAfterFinished). Unset: keep them (GitOps tools re-create what is deleted).",
+    )
     failpoints: str = Field(
         "", description="Comma-separated failpoints to arm (tests only; see flag_scheduler.failpoints)."
     )

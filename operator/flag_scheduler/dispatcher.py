@@ -5,6 +5,13 @@ There is no per-object timer and no polling. Each flag with schedules has one pl
 or write re-plans that one flag and wakes the dispatcher if the new time is earlier than its sleep.
 Work on one flag runs in one task at a time (order per flag); different flags run in parallel up to
 ``max_concurrency`` (isolation: a failing flag holds one slot for one attempt, never the queue).
+
+Containment: an error while planning or working on one flag pauses that flag alone, with
+exponential backoff (``ERROR_PAUSE`` doubling up to ``MAX_ERROR_PAUSE``), a log line, a metric and,
+when a status write failed, a Warning Event on the schedule. The loop also turns at least every
+``HEARTBEAT`` while leading (TTL deletions and unreadable schedules ride on that turn), and
+``healthy()`` reports a leader whose loop stopped turning, which the liveness probe reads.
+Only the leader plans: followers keep the book warm and plan everything when they take over.
 """
 
 from __future__ import annotations
@@ -12,18 +19,28 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from flag_scheduler import metrics
-from flag_scheduler.apply import Ctx, StandDown, apply_schedule, cancel_schedule, miss_schedule
+from flag_scheduler.apply import Ctx, StandDown, StatusWriteFailed, apply_schedule, cancel_schedule, miss_schedule
+from flag_scheduler.finished import delete_expired, reject_unreadable
 from flag_scheduler.book import Key
 from flag_scheduler.housekeeping import needs_housekeeping, tidy_schedule
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
+from flag_scheduler.models import rfc3339
 from flag_scheduler.timing import Action, action, head_of_line, next_action_at
 
-# After an unexpected error (API server down, 5xx on a status write) a flag is looked at again after this.
+# After an unexpected error (API server down, 5xx on a status write) a flag is looked at again after
+# this, doubling with each further error in a row, up to the maximum.
 ERROR_PAUSE = timedelta(seconds=2)
+MAX_ERROR_PAUSE = timedelta(minutes=5)
+# The loop turns at least this often while leading; a leader whose loop has not turned for
+# STALL_LIMIT is unhealthy.
+HEARTBEAT = 5.0
+STALL_LIMIT = 60.0
 # While the leader's last renewal is older than the renew deadline, look again this often (seconds).
 STALE_LEASE_PAUSE = 0.1
 log = get_logger()
@@ -43,12 +60,23 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(ctx.settings.max_concurrency)
         self._tasks: set[asyncio.Task] = set()
+        self._errors: dict[Key, int] = {}
+        self._rejecting: set[str] = set()
+        self.turned_at = time.monotonic()
+
+    def healthy(self) -> bool:
+        """False if this replica leads and its loop has not turned for ``STALL_LIMIT`` seconds."""
+        return not self.leading.is_set() or time.monotonic() - self.turned_at < STALL_LIMIT
 
     def plan(self, flag: Key) -> None:
         """Recompute when ``flag`` next needs work; call after anything about it changed."""
-        if flag in self._running:
-            return  # the running task plans the flag again when it ends
-        when = self._next_time(flag)
+        if flag in self._running or not self.leading.is_set():
+            return  # the running task plans the flag again when it ends; a new leader plans all
+        try:
+            when = self._next_time(flag)
+        except Exception as err:  # noqa: BLE001 - one flag's bad data must not stop the others
+            log.exception("flag.plan_failed", namespace=flag[0], flag=flag[1], error=describe(err))
+            when = self._pause(flag, "plan")
         if when is None:
             self._planned.pop(flag, None)
             return
@@ -56,8 +84,23 @@ class Dispatcher:
             return
         self._planned[flag] = when
         heapq.heappush(self._heap, (when, next(self._seq), flag))
+        if len(self._heap) > 2 * len(self._planned) + 64:
+            self._compact()
         if self._heap[0][2] == flag:
             self._wakeup.set()
+
+    def _compact(self) -> None:
+        """Drop heap entries superseded by a later plan, so the heap stays the size of the plans."""
+        self._heap = [entry for entry in self._heap if self._planned.get(entry[2]) == entry[0]]
+        heapq.heapify(self._heap)
+
+    def _pause(self, flag: Key, stage: str) -> datetime:
+        """Back off on one flag after an error: 2 s, 4 s, ... up to 5 min; returns when to look again."""
+        errors = self._errors[flag] = self._errors.get(flag, 0) + 1
+        metrics.ERRORS.labels(stage).inc()
+        pause = min(MAX_ERROR_PAUSE, ERROR_PAUSE * 2 ** min(errors - 1, 20))
+        until = self._paused_until[flag] = self.ctx.clock() + pause
+        return until
 
     def _next_time(self, flag: Key) -> datetime | None:
         now = self.ctx.clock()
@@ -75,8 +118,11 @@ class Dispatcher:
         """Forever: wait to lead, sleep until the earliest planned time, start the due flags."""
         while True:
             await self.leading.wait()
+            self.turned_at = time.monotonic()
             now = self.ctx.clock()
             fresh = self.ctx.is_leader()
+            if fresh:
+                self._end_of_life(now)
             while self._heap and self._heap[0][0] <= now and self.leading.is_set() and fresh:
                 when, _, flag = heapq.heappop(self._heap)
                 if self._planned.get(flag) != when:
@@ -84,7 +130,7 @@ class Dispatcher:
                 del self._planned[flag]
                 self._start(flag)
             self._wakeup.clear()
-            timeout = (self._heap[0][0] - now).total_seconds() if self._heap else None
+            timeout = min(HEARTBEAT, (self._heap[0][0] - now).total_seconds()) if self._heap else HEARTBEAT
             if not fresh:
                 timeout = STALE_LEASE_PAUSE  # renewal overdue: wait for it (or for leadership to end)
             try:
@@ -92,6 +138,31 @@ class Dispatcher:
             except TimeoutError:
                 pass
             metrics.PENDING.set(self.ctx.book.pending_count())
+
+    def _end_of_life(self, now: datetime) -> None:
+        """Start deleting finished schedules whose TTL ran out, and failing unreadable ones."""
+        book = self.ctx.book
+        while book.expiries and book.expiries[0].at <= now:
+            self._spawn(delete_expired(self.ctx, heapq.heappop(book.expiries)), "ttl")
+        for uid, item in list(book.unreadable.items()):
+            if uid not in self._rejecting:
+                self._rejecting.add(uid)
+                self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u))
+
+    def _spawn(self, work: Any, stage: str, then: Any = None) -> None:
+        async def bounded() -> None:
+            try:
+                async with self._slots:
+                    await work
+            except Exception as err:  # noqa: BLE001 - logged and counted; the next turn tries again
+                metrics.ERRORS.labels(stage).inc()
+                log.warning(f"{stage}.error", error=describe(err))
+            finally:
+                if then is not None:
+                    then()
+        task = asyncio.create_task(bounded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _start(self, flag: Key) -> None:
         self._running.add(flag)
@@ -111,13 +182,22 @@ class Dispatcher:
             async with self._slots:
                 await self._work_due(flag)
             self._paused_until.pop(flag, None)
+            self._errors.pop(flag, None)
         except asyncio.CancelledError:
             raise
         except StandDown as why:
             log.info("flag.stand_down", namespace=flag[0], flag=flag[1], reason=str(why))
+        except StatusWriteFailed as failed:
+            until = self._pause(flag, "status")
+            schedule = failed.schedule
+            message = f"Could not write the status, trying again at {rfc3339(until)}: {failed}"
+            self.ctx.event(schedule, "Warning", "StatusWriteFailed", message)
+            log.warning("schedule.status_failed", namespace=flag[0], flag=flag[1], schedule=schedule.ref.name,
+                        error=str(failed), next_attempt_at=rfc3339(until))
         except Exception as err:  # noqa: BLE001 - isolate: log, pause this flag, keep the others going
-            log.exception("flag.error", namespace=flag[0], flag=flag[1], error=describe(err))
-            self._paused_until[flag] = self.ctx.clock() + ERROR_PAUSE
+            until = self._pause(flag, "work")
+            log.exception("flag.error", namespace=flag[0], flag=flag[1], error=describe(err),
+                          next_attempt_at=rfc3339(until))
 
     async def _work_due(self, flag: Key) -> None:
         """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
@@ -142,10 +222,14 @@ class Dispatcher:
                 await tidy_schedule(ctx, schedule, owner)
 
     async def stop(self) -> None:
-        """Cancel in-flight work (used at shutdown and when leadership is lost)."""
+        """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._heap.clear()
+        self._planned.clear()
+        self._paused_until.clear()
+        self._errors.clear()
 
     def replan_all(self) -> None:
         """Plan every flag that has schedules (after the initial listing, or on becoming leader)."""

@@ -19,8 +19,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # our own Events only, about our own objects
     settings.scanning.disabled = True  # no CRD/namespace scanning: needs no extra RBAC
     settings.batching.batch_window = 0.01  # react to a change within milliseconds
-    settings.watching.server_timeout = 300
+    # A watch the server closes after 240 s is re-opened from its resourceVersion (no relist); one
+    # that went silent (a dropped connection) is abandoned by the client after 270 s, and one that
+    # cannot connect after 10 s: a dead watch is replaced within 270 s.
+    settings.watching.server_timeout = 240
+    settings.watching.client_timeout = 270
+    settings.watching.connect_timeout = 10
     memo.runtime = await Runtime.start(memo.settings)
+
+
+@kopf.on.probe(id="dispatcher")
+async def dispatcher_alive(memo: kopf.Memo, **_: Any) -> str:
+    """Liveness: fails (HTTP 500 on /healthz) when a leader's dispatcher stopped turning."""
+    runtime = getattr(memo, "runtime", None)
+    problem = None if runtime is None else runtime.healthy()
+    if problem is not None:
+        raise kopf.PermanentError(problem)
+    return "ok"
 
 
 @kopf.on.cleanup()

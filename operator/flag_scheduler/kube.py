@@ -13,7 +13,8 @@ import asyncio
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes.aio import client, config
@@ -36,6 +37,7 @@ from flag_scheduler.models import (
 )
 
 MERGE = "application/merge-patch+json"
+T = TypeVar("T")
 # Failures below HTTP: the server did not answer.
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
@@ -78,43 +80,76 @@ def _preconditions(ref: ObjectRef, annotations: dict[str, str] | None = None) ->
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
-class Kube:
-    """The operator's API client: flags, schedules, events."""
+# Every request is bounded: an answer within this many seconds or a timeout (an ApplyFailure).
+REQUEST_TIMEOUT = 30.0
+# Objects per LIST page at start: memory stays flat however many schedules the cluster holds.
+PAGE_SIZE = 500
 
-    def __init__(self, api: client.ApiClient, identity: str) -> None:
+
+async def api_client(pool_size: int) -> client.ApiClient:
+    """An API client with its own connection pool: in-cluster config in a pod, else ``$KUBECONFIG``."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        await config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool_size
+    # aiohttp's trust_env reads proxy variables and ~/.netrc on every request (in a thread):
+    # about a tenth of the operator's CPU in the burst profile. Keep it only when a proxy is set.
+    configuration.client_session_kwargs = {"trust_env": any(os.environ.get(v) for v in PROXY_VARIABLES)}
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """The operator's API client: flags, schedules, events. Every call has ``REQUEST_TIMEOUT``."""
+
+    def __init__(self, api: client.ApiClient, identity: str, timeout: float = REQUEST_TIMEOUT) -> None:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.identity = identity
+        self.timeout = timeout
 
     @classmethod
     async def connect(cls, identity: str, pool_size: int) -> Kube:
         """Load in-cluster config in a pod, else ``$KUBECONFIG``/``~/.kube/config``."""
-        configuration = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            await config.load_kube_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = pool_size
-        # aiohttp's trust_env reads proxy variables and ~/.netrc on every request (in a thread):
-        # about a tenth of the operator's CPU in the burst profile. Keep it only when a proxy is set.
-        configuration.client_session_kwargs = {"trust_env": any(os.environ.get(v) for v in PROXY_VARIABLES)}
-        return cls(client.ApiClient(configuration), identity)
+        return cls(await api_client(pool_size), identity)
 
     async def close(self) -> None:
         await self.api.close()
 
-    async def list_all(self, plural: str, namespaces: list[str], patience: float = 60.0) -> list[dict[str, Any]]:
-        """Every object of a kind in the watched namespaces (all namespaces if the list is empty).
+    async def list_pages(
+        self, plural: str, namespaces: list[str], patience: float = 60.0
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every object of a kind in the watched namespaces (all if the list is empty), page by page.
 
-        Retries for up to ``patience`` seconds while the server is not ready to answer (429 while a
-        new CRD's storage initializes, 5xx, connection errors), as happens right after install.
+        Retries a page for up to ``patience`` seconds while the server is not ready to answer (429
+        while a new CRD's storage initializes, 5xx, connection errors), as happens right after install.
         """
+        for ns in namespaces or [None]:
+            token: str | None = None
+            while True:
+                page = await self._with_patience(lambda: self._list_page(plural, ns, token), patience)
+                yield page["items"]
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+
+    async def _list_page(self, plural: str, ns: str | None, token: str | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}
+        if token:
+            kw["_continue"] = token
+        if ns is None:
+            return await self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kw)
+        return await self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **kw)
+
+    @staticmethod
+    async def _with_patience(call: Callable[[], Awaitable[T]], patience: float) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         while True:
             try:
-                return await self._list_all(plural, namespaces)
+                return await call()
             except ApiException as err:
                 if err.status not in (429, 500, 502, 503, 504) or loop.time() > deadline:
                     raise
@@ -123,19 +158,12 @@ class Kube:
                     raise
             await asyncio.sleep(0.5)
 
-    async def _list_all(self, plural: str, namespaces: list[str]) -> list[dict[str, Any]]:
-        if not namespaces:
-            result = await self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
-            return result["items"]
-        items: list[dict[str, Any]] = []
-        for ns in namespaces:
-            items += (await self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural))["items"]
-        return items
-
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Read one object; None if it does not exist."""
         try:
-            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            return await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -167,7 +195,8 @@ class Kube:
         """Write a schedule's status, on the condition that it is the same object, unchanged since read."""
         body = {**_preconditions(ref), "status": status}
         return await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
         )
 
     async def set_owner(self, ref: ObjectRef, owners: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +207,15 @@ class Kube:
 
     async def _patch(self, plural: str, ref: ObjectRef, body: dict[str, Any]) -> dict[str, Any]:
         return await self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+            GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )
+
+    async def delete_schedule(self, ref: ObjectRef) -> None:
+        """Delete a finished schedule (its TTL ran out), only if it is still that object and version."""
+        body = {"preconditions": {"uid": ref.uid, "resourceVersion": ref.resource_version}}
+        await self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body=body, _request_timeout=self.timeout
         )
 
     async def post_event(self, ref: ObjectRef, kind: str, type_: str, reason: str, message: str, now: datetime) -> None:
@@ -205,4 +242,4 @@ class Kube:
             "count": 1,
             "action": reason,
         }
-        await self.core.create_namespaced_event(ref.namespace, event)
+        await self.core.create_namespaced_event(ref.namespace, event, _request_timeout=self.timeout)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +43,23 @@ from flag_scheduler.kube import TRANSPORT_ERRORS, describe
 from flag_scheduler.logs import get_logger
 
 log = get_logger()
+
+
+async def _or_exit(callback: Awaitable[None], what: str) -> None:
+    """Run a leadership callback; if it fails, end the process so Kubernetes restarts it.
+
+    The election library runs callbacks as fire-and-forget tasks: an exception would be lost and
+    leave a replica that renews the Lease but never dispatches (or never stops). A restart is the
+    honest outcome; the Lease then passes to a healthy replica.
+    """
+    try:
+        await callback
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # noqa: BLE001 - anything here is a bug: crash loudly rather than limp on
+        log.critical("leader.callback_failed", callback=what, error=describe(err), exc_info=True)
+        sys.stdout.flush()
+        os._exit(70)
 
 
 class _LeaseLock(LeaseLock):
@@ -120,14 +139,14 @@ class Leadership:
         self.leading = True
         metrics.IS_LEADER.set(1)
         log.info("leader.acquired", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
-        await self._on_start()
+        await _or_exit(self._on_start(), "start")
 
     async def _stopped(self) -> None:
         was_leading, self.leading = self.leading, False
         metrics.IS_LEADER.set(0)
         if was_leading:
             log.warning("leader.lost", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
-        await self._on_stop()
+        await _or_exit(self._on_stop(), "stop")
 
     async def release(self) -> None:
         """Give the Lease back if we hold it (clean shutdown), so a follower takes over at once."""

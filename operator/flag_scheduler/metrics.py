@@ -12,6 +12,11 @@ SUPERSEDED = Counter(
     "flag_scheduler_schedules_superseded_total", "Schedules not applied because a newer one had changed the flag."
 )
 CANCELLED = Counter("flag_scheduler_schedules_cancelled_total", "Schedules cancelled before they ran.")
+DELETED = Counter("flag_scheduler_schedules_deleted_total", "Finished schedules deleted after their TTL.")
+ERRORS = Counter(
+    "flag_scheduler_errors_total", "Work on a flag that failed unexpectedly and is retried with backoff.", ["stage"]
+)
+EVENTS_DROPPED = Counter("flag_scheduler_events_dropped_total", "Events not posted because too many were queued.")
 LATENESS = Histogram(
     "flag_scheduler_lateness_seconds",
     "Time from a schedule's due time to its flag change.",

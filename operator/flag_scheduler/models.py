@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 GROUP = "flagscheduler.dev"
 VERSION = "v1alpha1"
@@ -119,6 +119,13 @@ class RetryPolicy(_Model):
     max_backoff_seconds: int | None = Field(default=None, alias="maxBackoffSeconds", ge=1, le=86400)
 
 
+# The bounds the CRD puts on schedules, so that every value it admits is one the time logic handles.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
+MAX_DEADLINE_SECONDS = 31_536_000  # a year
+MAX_TTL_SECONDS = 2_147_483_647  # int32, like Job's
+
+
 class FlagScheduleSpec(_Model):
     """When to change which flag, and how."""
 
@@ -126,8 +133,22 @@ class FlagScheduleSpec(_Model):
     scheduled_at: datetime = Field(alias="scheduledAt")
     updates: FlagUpdates
     cancelled: bool = False
-    starting_deadline_seconds: int | None = Field(default=None, alias="startingDeadlineSeconds", ge=0)
+    starting_deadline_seconds: int | None = Field(
+        default=None, alias="startingDeadlineSeconds", ge=0, le=MAX_DEADLINE_SECONDS
+    )
     retry: RetryPolicy | None = None
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, alias="ttlSecondsAfterFinished", ge=0, le=MAX_TTL_SECONDS
+    )
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _in_range(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a time zone (Z or an offset)")
+        if not EARLIEST <= value < LATEST:
+            raise ValueError("must be from 2000-01-01 up to (not including) 2200-01-01, UTC")
+        return value
 
 
 class FlagScheduleStatus(_Model):
@@ -139,6 +160,7 @@ class FlagScheduleStatus(_Model):
     next_retry_at: datetime | None = Field(default=None, alias="nextRetryAt")
     last_error: str | None = Field(default=None, alias="lastError", max_length=4096)
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
+    finished_at: datetime | None = Field(default=None, alias="finishedAt")
     claimed_by: str | None = Field(default=None, alias="claimedBy", max_length=253)
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
@@ -187,7 +209,7 @@ class FlagSchedule(_Model):
         return cls(
             ref=ObjectRef.from_meta(meta),
             spec=body["spec"],
-            status=body.get("status") or {},
+            status=_lenient_status(body.get("status") or {}),
             owner_references=meta.get("ownerReferences") or [],
         )
 
@@ -210,6 +232,19 @@ class Marker(_Model):
             applied_at=parse_time(notes.get(ANNOTATION_APPLIED_AT)),
             fencing_token=notes.get(ANNOTATION_FENCING_TOKEN),
         )
+
+
+def _lenient_status(raw: dict[str, Any]) -> FlagScheduleStatus:
+    """The status as written; if someone wrote what the operator cannot read, only its phase.
+
+    The status is the operator's record, not the user's intent: a garbled one must not make the
+    schedule unreadable. Exactly-once never rests on it (the flag's marker does).
+    """
+    try:
+        return FlagScheduleStatus.model_validate(raw)
+    except ValidationError:
+        phase = raw.get("phase") if raw.get("phase") in {p.value for p in Phase} else Phase.PENDING.value
+        return FlagScheduleStatus(phase=phase)
 
 
 class FeatureFlag(_Model):

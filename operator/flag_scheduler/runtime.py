@@ -7,12 +7,13 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
 from flag_scheduler.apply import Ctx
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.kube import Kube
+from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.leader import Leadership
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
@@ -28,13 +29,14 @@ def utcnow() -> datetime:
 class Runtime:
     """Everything the handlers need, created once per process."""
 
-    def __init__(self, settings: Settings, kube: Kube) -> None:
+    def __init__(self, settings: Settings, kube: Kube, lease_api: ApiClient) -> None:
         self.settings = settings
         self.kube = kube
-        self.book = Book()
+        self.lease_api = lease_api
+        self.book = Book(default_ttl=settings.finished_ttl_seconds)
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
-        self.leadership = Leadership(settings, kube.api, self._lead, self._follow)
+        self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
         self._task: asyncio.Task | None = None
@@ -44,13 +46,16 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        runtime = cls(settings, kube)
+        # The Lease has its own connections: renewals never queue behind flag work or Events.
+        runtime = cls(settings, kube, await api_client(pool_size=2))
         if settings.metrics_port:
             start_http_server(settings.metrics_port)
-        for body in await kube.list_all(FLAGS, settings.namespaces):
-            runtime.book.put_flag(body)
-        for body in await kube.list_all(SCHEDULES, settings.namespaces):
-            runtime.book.put_schedule(body)
+        async for page in kube.list_pages(FLAGS, settings.namespaces):
+            for body in page:
+                runtime.book.observe_flag(None, body)
+        async for page in kube.list_pages(SCHEDULES, settings.namespaces):
+            for body in page:
+                runtime.book.observe_schedule(None, body)
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
@@ -59,8 +64,8 @@ class Runtime:
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
-        self.dispatcher.replan_all()
         self.dispatcher.leading.set()
+        self.dispatcher.replan_all()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
@@ -89,3 +94,12 @@ class Runtime:
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
         await self.kube.close()
+        await self.lease_api.close()
+
+    def healthy(self) -> str | None:
+        """Why this replica is unhealthy (for the liveness probe), or None."""
+        if self._election is not None and self._election.done():
+            return "the leader election task has ended"
+        if not self.dispatcher.healthy():
+            return "this replica leads but its dispatcher loop has stopped turning"
+        return None

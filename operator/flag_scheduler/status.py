@@ -52,6 +52,8 @@ def schedule_status(
         "nextRetryAt": None,
         "conditions": _with(schedule.status.conditions, applied),
     }
+    if phase.terminal:
+        status["finishedAt"] = rfc3339(now)  # when ttlSecondsAfterFinished starts counting
     status.update(fields)
     return status
 

@@ -169,6 +169,9 @@ def test_the_dispatcher_plans_each_flag_at_its_heads_due_time(kube: FakeKube, ct
         }))
     dispatcher = Dispatcher(ctx)
     dispatcher.plan((NS, "f"))
+    assert dispatcher._heap == []  # a follower plans nothing: it plans everything when it takes over
+    dispatcher.leading.set()
+    dispatcher.replan_all()
     assert dispatcher._planned[(NS, "f")] == T0 + timedelta(minutes=10)
     # Cancelling the later one needs work now; an unclaimed one needs first-sight housekeeping now.
     body = kube.objects[(SCHEDULES, NS, "late")]
@@ -177,3 +180,38 @@ def test_the_dispatcher_plans_each_flag_at_its_heads_due_time(kube: FakeKube, ct
     ctx.book.put_schedule(body)
     dispatcher.plan((NS, "f"))
     assert dispatcher._planned[(NS, "f")] == ctx.clock()
+
+
+def test_a_flag_whose_planning_fails_is_paused_alone_with_backoff(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    add_schedule(kube, ctx)
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+
+    def broken(flag: tuple[str, str]) -> None:
+        raise OverflowError("date value out of range")
+
+    dispatcher._next_time = broken  # type: ignore[method-assign]
+    dispatcher.plan((NS, "f"))
+    first = dispatcher._planned[(NS, "f")]
+    dispatcher.plan((NS, "other"))
+    second = dispatcher._planned[(NS, "f")]
+    assert first == ctx.clock() + timedelta(seconds=2)
+    dispatcher.plan((NS, "f"))
+    assert dispatcher._planned[(NS, "f")] == ctx.clock() + timedelta(seconds=4)
+    assert second == first
+
+
+def test_the_heap_stays_the_size_of_the_plans(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    body = kube.objects[(SCHEDULES, NS, "s")]
+    for minute in range(1, 500):  # the schedule is moved again and again: each move re-plans
+        body["spec"]["scheduledAt"] = (T0 + timedelta(minutes=minute)).isoformat()
+        body["metadata"]["resourceVersion"] = str(1000 + minute)
+        ctx.book.put_schedule(body)
+        dispatcher.plan((NS, "f"))
+    assert len(dispatcher._heap) <= 2 * len(dispatcher._planned) + 64
+    assert schedule.ref.uid == ctx.book.schedules_of((NS, "f"))[0].ref.uid

@@ -58,7 +58,7 @@ def test_the_marker_is_read_from_the_flags_annotations_and_unreadable_times_are_
                                  applied_at=None, fencing_token="t1")
 
 
-times = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC))
+times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(UTC))
 names = st.from_regex(r"[a-z]{1,5}", fullmatch=True)
 
 
