@@ -49,10 +49,11 @@ ALLOWED = {
     "FlagUpdates:minProperties": "API server refuses an empty updates object",
     "RetryPolicy:minProperties": "API server refuses an empty retry object",
     "RetryPolicy:x-kubernetes-validations": "CEL: maxBackoffSeconds >= backoffSeconds, checked by the API server",
-    # scheduledAt's range (2000..2200) is mirrored by FlagScheduleSpec._in_range; the shape rule
-    # (time zone offsets up to 23:59) and the length are the API server's.
-    "FlagScheduleSpec.scheduledAt:x-kubernetes-validations": "CEL: shape and range, the range mirrored by a validator",
+    # scheduledAt's range (2000..2200) is mirrored by FlagScheduleSpec._in_range; the shape (time
+    # zone offsets up to 23:59) and the length are the API server's: pydantic parses the datetime.
+    "FlagScheduleSpec.scheduledAt:x-kubernetes-validations": "CEL: the range, mirrored by a validator",
     "FlagScheduleSpec.scheduledAt:maxLength": "no longer string parses as a date-time",
+    "FlagScheduleSpec.scheduledAt:pattern": "the shape of an RFC 3339 date-time; pydantic parses it",
     "FeatureFlagStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
     "FlagScheduleStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
 }
