@@ -18,7 +18,6 @@ from flag_scheduler.runtime import Runtime
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # our own Events only, about our own objects
     settings.scanning.disabled = True  # no CRD/namespace scanning: needs no extra RBAC
-    settings.batching.batch_window = 0.01  # react to a change within milliseconds
     # A watch the server closes after 240 s is re-opened from its resourceVersion (no relist); one
     # that went silent (a dropped connection) is abandoned by the client after 270 s, and one that
     # cannot connect after 10 s: a dead watch is replaced within 270 s.

@@ -1,0 +1,133 @@
+"""Containment without a cluster: bounded requests and Events, health, leadership callbacks that fail."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
+
+from fake_kube import FakeKube
+from flag_scheduler import dispatcher as dispatcher_module
+from flag_scheduler import handlers, leader, metrics
+from flag_scheduler.apply import EVENT_BACKLOG, Ctx
+from flag_scheduler.book import Book
+from flag_scheduler.config import Settings
+from flag_scheduler.dispatcher import Dispatcher
+from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
+from flag_scheduler.models import ObjectRef
+
+
+class Recorder:
+    """Stands in for a generated API class: records the keyword arguments of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            self.calls.append((name, kwargs))
+            return {"items": [], "metadata": {}}
+        return call
+
+
+async def test_every_request_of_the_operator_has_a_timeout() -> None:
+    kube = Kube.__new__(Kube)
+    kube.custom, kube.core, kube.identity, kube.timeout = Recorder(), Recorder(), "me", REQUEST_TIMEOUT
+    ref = ObjectRef(namespace="ns", name="n", uid="u", resourceVersion="1")
+    schedule_body = {"metadata": {"namespace": "ns", "name": "s", "uid": "u"},
+                     "spec": {"flagRef": {"name": "f"}, "scheduledAt": "2026-12-01T09:00:00Z",
+                              "updates": {"enabled": True}}}
+    from flag_scheduler.models import FlagSchedule
+    schedule = FlagSchedule.from_body(schedule_body)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    public = [name for name, member in inspect.getmembers(Kube)
+              if (inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member))
+              and not name.startswith("_") and name not in ("connect", "close")]
+    await kube.get("flagschedules", "ns", "n")
+    await kube.patch_flag_spec(ref, schedule, "t", now)
+    await kube.fence_flag(ref, "t")
+    await kube.patch_schedule_status(ref, {})
+    await kube.set_owner(ref, [])
+    await kube.delete_schedule(ref)
+    await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
+    async for _ in kube.list_pages("flagschedules", []):
+        pass
+    assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
+                                     "delete_schedule", "post_event", "list_pages"]), "a new request: test it here"
+    calls = kube.custom.calls + kube.core.calls
+    assert len(calls) == len(public)
+    assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
+
+
+async def test_events_are_posted_a_few_at_a_time_and_dropped_past_the_backlog() -> None:
+    kube = FakeKube()
+    running, most = 0, 0
+    release = asyncio.Event()
+
+    async def slow_post(*args: Any) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+
+    kube.post_event = slow_post  # type: ignore[method-assign]
+    ctx = Ctx(kube=kube, book=Book(), settings=Settings(identity="me"), clock=lambda: datetime.now(UTC))
+    ref = ObjectRef(namespace="ns", name="n")
+    dropped = metrics.EVENTS_DROPPED._value.get()
+    for _ in range(EVENT_BACKLOG + 5):
+        ctx.event_about(ref, "FlagSchedule", "Normal", "R", "m")
+    await asyncio.sleep(0.05)
+    assert len(ctx.background) == EVENT_BACKLOG
+    assert metrics.EVENTS_DROPPED._value.get() - dropped == 5
+    assert most == 8
+    release.set()
+    await asyncio.gather(*ctx.background)
+
+
+def test_a_leader_whose_loop_stopped_turning_is_unhealthy() -> None:
+    ctx = Ctx(kube=FakeKube(), book=Book(), settings=Settings(identity="me"), clock=lambda: datetime.now(UTC))
+    dispatcher = Dispatcher(ctx)
+    dispatcher.turned_at = time.monotonic() - dispatcher_module.STALL_LIMIT - 1
+    assert dispatcher.healthy()  # a follower's loop waits for leadership: healthy
+    dispatcher.leading.set()
+    assert not dispatcher.healthy()
+    dispatcher.turned_at = time.monotonic()
+    assert dispatcher.healthy()
+
+
+async def test_the_liveness_probe_fails_with_the_reason() -> None:
+    class Sick:
+        def healthy(self) -> str:
+            return "this replica leads but its dispatcher loop has stopped turning"
+
+    memo = kopf.Memo(runtime=Sick())
+    with pytest.raises(kopf.PermanentError, match="stopped turning"):
+        await handlers.dispatcher_alive(memo=memo)
+
+
+async def test_a_failing_leadership_callback_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes: list[int] = []
+    monkeypatch.setattr(leader.os, "_exit", codes.append)
+
+    async def broken() -> None:
+        raise OverflowError("date value out of range")
+
+    await leader._or_exit(broken(), "start")
+    assert codes == [70]
+
+
+async def test_watches_are_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_runtime(settings: Any) -> None:
+        return None
+
+    monkeypatch.setattr(handlers.Runtime, "start", no_runtime)
+    settings = kopf.OperatorSettings()
+    await handlers.startup(settings=settings, memo=kopf.Memo(settings=Settings(identity="me")))
+    assert settings.watching.server_timeout < settings.watching.client_timeout <= 270
+    assert settings.watching.connect_timeout is not None
