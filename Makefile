@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONTROLPLANE := hack/controlplane
 QUICK ?=
 
-.PHONY: help venv binaries test unit integration lint cluster-up cluster-down demo run install deploy bench clean
+.PHONY: help venv binaries test unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -53,8 +53,12 @@ demo: venv binaries ## Start the control plane and the operator, and show a sche
 run: venv ## Run the operator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run)
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale phase
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
+	$(PY) bench/scale.py $(if $(QUICK),--quick,)
+
+bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
+	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 
 clean: ## Remove the virtualenv and caches inside the checkout
 	rm -rf $(VENV) .pytest_cache .hypothesis .cluster

@@ -209,7 +209,8 @@ class OperatorProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, namespaces: list[str], timeout: float = 60.0) -> psutil.Process:
+    def start(self, namespaces: list[str], timeout: float = 60.0, extra_env: dict[str, str] | None = None
+              ) -> psutil.Process:
         """Start it and wait until it has started and leads; return its psutil handle."""
         self.stop()
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -222,6 +223,7 @@ class OperatorProcess:
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",
+            **(extra_env or {}),
         }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "flag_scheduler"], env=env, stdout=out,

@@ -268,6 +268,11 @@ async def fence(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
         except ApiException as err:
             if err.status in (404, 409):
                 continue
+            if 400 <= err.status < 500:
+                # The flag refuses writes (a policy freezing it is the usual reason a schedule
+                # Failed): a deposed leader's PATCH is refused the same way, so settle unfenced.
+                _log(schedule).warning("flag.fence_refused", error=describe(err))
+                return flag
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
             raise ApplyFailure(describe(err)) from err

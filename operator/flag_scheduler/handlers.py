@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from flag_scheduler.kube import PAGE_SIZE
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
 from flag_scheduler.runtime import Runtime
 
@@ -24,6 +25,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 270
     settings.watching.connect_timeout = 10
+    # Kopf's own initial LIST, page by page like ours: memory stays flat with a long history.
+    settings.watching.chunk_size = PAGE_SIZE
     memo.runtime = await Runtime.start(memo.settings)
 
 

@@ -19,7 +19,7 @@ from flag_scheduler import status
 from flag_scheduler.apply import Ctx, write_status
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import FLAGS, GROUP, VERSION, FeatureFlag, FlagSchedule
+from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag, FlagSchedule
 from flag_scheduler.status import FLAG_FOUND
 
 
@@ -68,7 +68,8 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
             body = await ctx.kube.set_owner(schedule.ref, owners)
         except ApiException as err:
             if err.status in (404, 409):
-                return  # deleted, or changed under us: the next watch event brings it back here
+                await _reread(ctx, schedule)  # deleted, re-created, or changed under us
+                return
             log.warning("schedule.owner_failed", error=describe(err))
             raise
         schedule = ctx.book.put_schedule(body) or schedule
@@ -83,3 +84,12 @@ async def _current_flag(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
     """The schedule's flag as the API server has it now (recorded in the book)."""
     body = await ctx.kube.get(FLAGS, schedule.ref.namespace, schedule.spec.flag_ref.name)
     return None if body is None else ctx.book.put_flag(body)
+
+
+async def _reread(ctx: Ctx, schedule: FlagSchedule) -> None:
+    """Bring the book up to date with one schedule: forget it if it is gone (a ghost after a relist)."""
+    body = await ctx.kube.get(SCHEDULES, schedule.ref.namespace, schedule.ref.name)
+    if body is None or body["metadata"].get("uid") != schedule.ref.uid:
+        ctx.book.drop_schedule(schedule.ref.uid)
+    else:
+        ctx.book.put_schedule(body)

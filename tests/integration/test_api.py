@@ -485,7 +485,7 @@ OPERATOR_REFUSALS = [
      'cannot create resource "featureflags" in API group "flagscheduler.dev"'),
     ("flag-status", ["patch", "ff", "checkout-v2", "-n", "{ns}", "--subresource=status", "--type=merge",
                      "-p", '{{"status":{{"conditions":[]}}}}'], None,
-     'cannot patch resource "featureflags/status" in API group "flagscheduler.dev"'),
+     'resource "featureflags/status" in API group "flagscheduler.dev"'),
     ("update-schedule", ["replace", "-f", "-"], _stored_schedule,
      'cannot update resource "flagschedules" in API group "flagscheduler.dev"'),
     ("list-namespaces", ["get", "namespaces"], None, 'cannot list resource "namespaces"'),

@@ -215,3 +215,27 @@ def test_the_heap_stays_the_size_of_the_plans(kube: FakeKube, ctx: Ctx) -> None:
         dispatcher.plan((NS, "f"))
     assert len(dispatcher._heap) <= 2 * len(dispatcher._planned) + 64
     assert schedule.ref.uid == ctx.book.schedules_of((NS, "f"))[0].ref.uid
+
+
+async def test_a_ghost_schedule_is_forgotten_at_first_sight_instead_of_retried_forever(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    from flag_scheduler.housekeeping import tidy_schedule
+
+    add_flag(kube, ctx)
+    ghost = add_schedule(kube, ctx)  # unowned: first sight owes it an ownerReference
+    kube.delete(SCHEDULES, NS, "s")  # deleted while the operator's watch was away: no DELETED event
+    await tidy_schedule(ctx, ghost, ctx.book.flag((NS, "f")))
+    assert ctx.book.schedules_of((NS, "f")) == []
+
+
+async def test_a_flag_frozen_by_policy_still_lets_retries_end_failed(kube: FakeKube, ctx: Ctx) -> None:
+    from fake_kube import _error
+
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    refuse = lambda: (_ for _ in ()).throw(_error(403, "Forbidden"))  # noqa: E731
+    kube.hooks["patch_flag_spec"] = refuse
+    kube.hooks["fence_flag"] = refuse
+    await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Failed"

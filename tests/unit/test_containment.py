@@ -131,3 +131,4 @@ async def test_watches_are_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> N
     await handlers.startup(settings=settings, memo=kopf.Memo(settings=Settings(identity="me")))
     assert settings.watching.server_timeout < settings.watching.client_timeout <= 270
     assert settings.watching.connect_timeout is not None
+    assert settings.watching.chunk_size == 500  # Kopf's initial LIST is paged too
