@@ -59,11 +59,11 @@ def sync(kubectl: Kubectl, mode: str, *objects: dict[str, Any], force: bool = Tr
     return kubectl(*args, input=yaml.safe_dump_all(objects), check=False)
 
 
-def owned(obj: dict[str, Any], manager: str) -> set[tuple[str, ...]]:
-    """Paths (tuples of keys) of the leaf fields ``manager`` owns on the main resource (not status)."""
+def owned(obj: dict[str, Any], manager: str, subresource: str = "") -> set[tuple[str, ...]]:
+    """Paths (tuples of keys) of the leaf fields ``manager`` owns, on the main resource by default."""
     paths: set[tuple[str, ...]] = set()
     for entry in obj["metadata"].get("managedFields", []):
-        if entry["manager"] == manager and not entry.get("subresource"):
+        if entry["manager"] == manager and entry.get("subresource", "") == subresource:
             paths |= set(_leaves(entry.get("fieldsV1", {}), ()))
     return paths
 
