@@ -52,7 +52,7 @@ class Landed:
 def _git_objects(ns: str, mode: str, due: str, later: str) -> list[dict[str, Any]]:
     m = "csa" if mode == "client-side" else "ssa"
     objects = []
-    for use in ("owned", "revert", "respect"):
+    for use in ("owned", "revert", "respect", "drop"):
         objects += [git_flag(f"{use}-{m}", ns, **GIT_SPEC), git_schedule(f"{use}-{m}-go-live", ns, f"{use}-{m}", due, GO_LIVE)]
     objects += [
         # Git leaves rolloutPercentage to the schedule (the CRD defaults it to 100 at creation).
@@ -146,6 +146,19 @@ def test_respect_ignore_differences_sync_keeps_the_change_and_lands_other_edits(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_commit_that_stops_setting_a_scheduled_field(landed: Landed, mode: str) -> None:
+    """Client-side apply deletes what it applied before (the CRD default returns); server-side keeps it."""
+    name = f"drop-{_short(mode)}"
+    git = landed.manifest(name)
+    del git["spec"]["rolloutPercentage"]
+    target = respect_ignore_differences(git, landed.get("featureflag", name), ["flag-scheduler"])
+    assert target["spec"] == {"enabled": True, "description": "From Git"}
+    assert sync(landed.kubectl, mode, target).returncode == 0
+    rollout = landed.get("featureflag", name)["spec"]["rolloutPercentage"]
+    assert rollout == (100 if mode == "client-side" else 30)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_fields_left_out_of_git_are_never_reverted_but_enabled_is_required(landed: Landed, mode: str) -> None:
     name = f"lean-{_short(mode)}"
     assert landed.get("featureflag", name)["spec"] == {"enabled": True, "rolloutPercentage": 50, "description": "Lean"}
@@ -186,6 +199,18 @@ def test_schedule_cancelled_outside_git_stays_cancelled_when_git_leaves_cancelle
     assert "spec.cancelled cannot change: the schedule is already Cancelled" in refused.stderr
     # Committing the cancellation afterwards is accepted: it matches.
     assert sync(landed.kubectl, mode, {**git, "spec": {**git["spec"], "cancelled": True}}).returncode == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_git_cancelled_false_undoes_a_cancel_the_operator_has_not_seen(landed: Landed, mode: str) -> None:
+    """No operator runs now: the cancel stays unconfirmed (Pending), and nothing protects it."""
+    name = f"unseen-{_short(mode)}"
+    git = git_schedule(name, landed.namespace, f"cancel-{_short(mode)}", rfc3339(in_seconds(3600)), GO_LIVE)
+    assert sync(landed.kubectl, mode, git).returncode == 0
+    landed.kubectl("patch", "fs", name, "-n", landed.namespace, "--type=merge", "-p", '{"spec":{"cancelled":true}}')
+    assert sync(landed.kubectl, mode, {**git, "spec": {**git["spec"], "cancelled": False}}).returncode == 0
+    live = landed.get("flagschedule", name)
+    assert live["spec"]["cancelled"] is False and live["status"]["phase"] == "Pending"
 
 
 def test_argocd_cm_component_patches_argo_cds_configmap(control_plane: ControlPlane, tmp_path: Path) -> None:
