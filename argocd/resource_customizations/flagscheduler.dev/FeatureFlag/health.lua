@@ -4,17 +4,17 @@
 -- Pure and restricted like FlagSchedule/health.lua: no clock, no string or os library.
 local spec = obj.spec or {}
 local annotations = (obj.metadata or {}).annotations or {}
-local status = obj.status or {}
 
 local message = "Off"
 if spec.enabled == true then
   message = "On, rollout " .. tostring(spec.rolloutPercentage or 100) .. "%"
 end
 
-local schedule = annotations["flagscheduler.dev/last-applied-schedule"] or status.lastAppliedSchedule
+-- The operator records the last change in annotations, in the same request as the change.
+local schedule = annotations["flagscheduler.dev/last-applied-schedule"]
 if schedule ~= nil then
   message = message .. "; last changed by FlagSchedule " .. schedule
-  local at = annotations["flagscheduler.dev/last-applied-at"] or status.lastAppliedAt
+  local at = annotations["flagscheduler.dev/last-applied-at"]
   if at ~= nil then
     message = message .. " at " .. at
   end

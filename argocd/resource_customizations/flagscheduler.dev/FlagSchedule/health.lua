@@ -73,7 +73,7 @@ elseif phase == "Missed" then
 elseif phase == "Failed" then
   hs.status = "Degraded"
   if reason == "InvalidSpec" then
-    hs.message = "Invalid spec: " .. (detail or "the operator cannot interpret this schedule")
+    hs.message = "Failed (InvalidSpec): " .. (detail or "the operator cannot interpret this schedule")
   else
     local retries = status.retryCount or 0
     local noun = " retries: "
