@@ -23,32 +23,28 @@ ARGOCD_MANAGER = "argocd-controller"
 MODES = ("client-side", "server-side")
 
 
-def git_flag(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A FeatureFlag as committed to Git (with the tracking annotation Argo CD adds)."""
+def _manifest(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """An object as Argo CD applies it from Git: with its tracking annotation (Application "flags")."""
+    tracking_id = f"flags:flagscheduler.dev/{kind}:{namespace}/{name}"
     return {
         "apiVersion": GROUP_VERSION,
-        "kind": "FeatureFlag",
+        "kind": kind,
         "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {"argocd.argoproj.io/tracking-id": f"flags:flagscheduler.dev/FeatureFlag:{namespace}/{name}"},
+            "name": name, "namespace": namespace, "annotations": {"argocd.argoproj.io/tracking-id": tracking_id},
         },
         "spec": spec,
     }
 
 
+def git_flag(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A FeatureFlag as committed to Git."""
+    return _manifest("FeatureFlag", name, namespace, spec)
+
+
 def git_schedule(name: str, namespace: str, flag: str, at: str, updates: dict[str, Any], **spec: Any) -> dict[str, Any]:
     """A FlagSchedule as committed to Git; ``spec.cancelled`` only if given."""
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "FlagSchedule",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {"argocd.argoproj.io/tracking-id": f"flags:flagscheduler.dev/FlagSchedule:{namespace}/{name}"},
-        },
-        "spec": {"flagRef": {"name": flag}, "scheduledAt": at, "updates": updates, **spec},
-    }
+    return _manifest("FlagSchedule", name, namespace,
+                     {"flagRef": {"name": flag}, "scheduledAt": at, "updates": updates, **spec})
 
 
 def sync(kubectl: Kubectl, mode: str, *objects: dict[str, Any], force: bool = True) -> Any:

@@ -53,7 +53,10 @@ def _git_objects(ns: str, mode: str, due: str, later: str) -> list[dict[str, Any
     m = "csa" if mode == "client-side" else "ssa"
     objects = []
     for use in ("owned", "revert", "respect", "drop"):
-        objects += [git_flag(f"{use}-{m}", ns, **GIT_SPEC), git_schedule(f"{use}-{m}-go-live", ns, f"{use}-{m}", due, GO_LIVE)]
+        objects += [
+            git_flag(f"{use}-{m}", ns, **GIT_SPEC),
+            git_schedule(f"{use}-{m}-go-live", ns, f"{use}-{m}", due, GO_LIVE),
+        ]
     objects += [
         # Git leaves rolloutPercentage to the schedule (the CRD defaults it to 100 at creation).
         git_flag(f"lean-{m}", ns, enabled=True, description="Lean"),
@@ -181,12 +184,13 @@ def test_final_schedule_resynced_unchanged_is_accepted_and_changed_is_refused(la
     changed["spec"]["updates"]["rolloutPercentage"] = 40
     refused = sync(landed.kubectl, mode, changed)
     assert refused.returncode != 0
-    assert "spec (flagRef, updates, retry, startingDeadlineSeconds) cannot change: the schedule is already Applied" in refused.stderr
+    refusal = "spec (flagRef, updates, retry, startingDeadlineSeconds) cannot change: the schedule is already Applied"
+    assert refusal in refused.stderr
     assert landed.get("flagschedule", name)["spec"]["updates"] == GO_LIVE
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_schedule_cancelled_outside_git_stays_cancelled_when_git_leaves_cancelled_out(landed: Landed, mode: str) -> None:
+def test_schedule_cancelled_outside_git_stays_cancelled_if_git_leaves_it_out(landed: Landed, mode: str) -> None:
     name = f"cancel-{_short(mode)}-later"
     git = landed.manifest(name)
     assert "cancelled" not in git["spec"]

@@ -11,16 +11,12 @@ two different Applications, so a copy in either direction would show.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from kubernetes import client as k8s
-
 from argocd_sync import owned
 from conftest import Kubectl
-from controlplane import ControlPlane
 from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, rfc3339, wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -44,50 +40,22 @@ def tracked(app: str, kind: str, ns: str, name: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def operator_as_service_account(
-    control_plane: ControlPlane, operator_kubeconfig: Path, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The operator with the shipped ServiceAccount's rights, its Lease where the Role allows it."""
-    op = OperatorProcess(
-        operator_kubeconfig, [namespace], tmp_path / "operator.log",
-        FLAG_SCHEDULER_LEASE_NAMESPACE=OPERATOR_NAMESPACE, FLAG_SCHEDULER_LEASE_NAME=f"tracking-{uuid.uuid4().hex[:8]}",
-    )
-    yield op.start()
-    op.stop()
-
-
 def test_nothing_the_operator_writes_copies_tracking_metadata(
-    api_client: k8s.ApiClient, control_plane: ControlPlane, kubectl: Kubectl, namespace: str,
-    operator_as_service_account: OperatorProcess,
+    cluster: Cluster, kubectl: Kubectl, operator_kubeconfig: Path, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    custom = k8s.CustomObjectsApi(api_client)
-    ns = namespace
-
-    def create(plural: str, kind: str, name: str, app: str, spec: dict[str, Any]) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": tracked(app, kind, ns, name), "spec": spec}
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
-
-    due = rfc3339(in_seconds(2))
-    create("featureflags", "FeatureFlag", "checkout", "flags-app", {"enabled": False, "rolloutPercentage": 0})
-    create("flagschedules", "FlagSchedule", "go-live", "schedules-app",
-           {"flagRef": {"name": "checkout"}, "scheduledAt": due, "updates": {"enabled": True}})
-    create("flagschedules", "FlagSchedule", "never", "schedules-app",
-           {"flagRef": {"name": "checkout"}, "scheduledAt": rfc3339(in_seconds(3600)), "updates": {"enabled": False},
-            "cancelled": True})
-    create("flagschedules", "FlagSchedule", "orphan", "schedules-app",
-           {"flagRef": {"name": "missing"}, "scheduledAt": due, "updates": {"enabled": True},
-            "retry": {"maxRetries": 1, "backoffSeconds": 1}})
-    cluster = Cluster(api_client, control_plane, ns)
+    # As deployed: the shipped ServiceAccount's rights, its Lease where the Role allows it.
+    start_operator(kubeconfig=operator_kubeconfig, FLAG_SCHEDULER_LEASE_NAMESPACE=OPERATOR_NAMESPACE,
+                   FLAG_SCHEDULER_LEASE_NAME=f"tracking-{uuid.uuid4().hex[:8]}")
+    _create_tracked_objects(cluster)
     cluster.wait_phase("go-live", "Applied", timeout=30)
     cluster.wait_phase("never", "Cancelled", timeout=30)
     cluster.wait_phase("orphan", "Failed", timeout=30)
+    ns = cluster.ns
     reasons = {"Applied", "Cancelled", "FlagNotFound", "Retrying", "Failed"}
     events = wait_for(
         lambda: (e := kubectl.json("get", "events", "-n", ns)["items"]) and reasons <= {x["reason"] for x in e} and e,
         timeout=15, what=f"Events {reasons}",
     )
-
     for event in events:
         meta = event["metadata"]
         copied = [k for k in {**meta.get("labels", {}), **meta.get("annotations", {})} if is_tracking(k)]
@@ -105,6 +73,25 @@ def test_nothing_the_operator_writes_copies_tracking_metadata(
         assert schedule["metadata"]["labels"] == expected["labels"]
         assert schedule["metadata"]["annotations"] == expected["annotations"]
         _assert_owns_no_tracking_field(schedule)
+
+
+def _create_tracked_objects(cluster: Cluster) -> None:
+    """A flag of Application flags-app; schedules of schedules-app: applied, cancelled, failing."""
+
+    def create(plural: str, kind: str, name: str, app: str, spec: dict[str, Any]) -> None:
+        metadata = tracked(app, kind, cluster.ns, name)
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": metadata, "spec": spec}
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, plural, body)
+
+    due, later = rfc3339(in_seconds(2)), rfc3339(in_seconds(3600))
+    create("featureflags", "FeatureFlag", "checkout", "flags-app", {"enabled": False, "rolloutPercentage": 0})
+    create("flagschedules", "FlagSchedule", "go-live", "schedules-app",
+           {"flagRef": {"name": "checkout"}, "scheduledAt": due, "updates": {"enabled": True}})
+    create("flagschedules", "FlagSchedule", "never", "schedules-app",
+           {"flagRef": {"name": "checkout"}, "scheduledAt": later, "updates": {"enabled": False}, "cancelled": True})
+    create("flagschedules", "FlagSchedule", "orphan", "schedules-app",
+           {"flagRef": {"name": "missing"}, "scheduledAt": due, "updates": {"enabled": True},
+            "retry": {"maxRetries": 1, "backoffSeconds": 1}})
 
 
 def _assert_owns_no_tracking_field(obj: dict[str, Any]) -> None:
