@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONTROLPLANE := hack/controlplane
 QUICK ?=
+ARGOCD_LUA := build/argocd-lua
 
-.PHONY: help venv binaries test unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale clean
+.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -24,8 +25,18 @@ venv: $(STAMP) ## Create .venv with the pinned dependencies
 binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(CONTROLPLANE)/build.sh
 
-test: venv binaries ## Run unit and integration tests against the real local control plane
+test: venv binaries ## Run the Argo CD Lua cases, then unit and integration tests against the real local control plane
+	@$(MAKE) --no-print-directory argocd-lua
 	$(PY) -m pytest tests
+
+argocd-lua: ## Run argocd/'s health checks and actions on gopher-lua as Argo CD does (every *_test.yaml case)
+	cd hack/argocd && go test ./... && go build -o ../../$(ARGOCD_LUA) .
+	$(ARGOCD_LUA) test argocd/resource_customizations
+
+argocd-snippet: ## Regenerate argocd/install/argocd-cm.yaml from argocd/resource_customizations
+	cd hack/argocd && go build -o ../../$(ARGOCD_LUA) .
+	$(ARGOCD_LUA) snippet argocd/resource_customizations > argocd/install/argocd-cm.yaml.new
+	mv argocd/install/argocd-cm.yaml.new argocd/install/argocd-cm.yaml
 
 unit: venv ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit
@@ -61,4 +72,4 @@ bench-scale: venv binaries ## Only the scale phase: long history and one long qu
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 
 clean: ## Remove the virtualenv and caches inside the checkout
-	rm -rf $(VENV) .pytest_cache .hypothesis .cluster
+	rm -rf $(VENV) .pytest_cache .hypothesis .cluster build
