@@ -21,6 +21,7 @@ import pydantic
 
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import TERMINAL, FeatureFlag, FlagSchedule, ObjectRef, parse_time
+from flag_scheduler.queues import FlagQueue
 
 Key = tuple[str, str]  # (namespace, name)
 TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)
@@ -66,7 +67,7 @@ class Book:
         self.unreadable: dict[str, Unreadable] = {}  # by uid, until the operator marks them Failed
         self._live: dict[str, FlagSchedule] = {}
         self._uid_by_name: dict[Key, str] = {}
-        self._by_flag: dict[Key, set[str]] = defaultdict(set)
+        self._queues: dict[Key, FlagQueue] = defaultdict(FlagQueue)
         self._finished: dict[str, int] = {}  # uid -> resourceVersion
         self._gone: OrderedDict[str, None] = OrderedDict()
         self.flags: dict[Key, FeatureFlag] = {}
@@ -156,7 +157,8 @@ class Book:
             self._unlink(held)
         self._live[uid] = schedule
         self._uid_by_name[name] = uid
-        self._by_flag[flag_key(schedule)].add(uid)
+        key = flag_key(schedule)
+        self._queues[key].add(schedule, self.flags.get(key))
         return [*touched, *([flag_key(held)] if held is not None else []), flag_key(schedule)]
 
     def _unlink(self, schedule: FlagSchedule) -> None:
@@ -167,9 +169,11 @@ class Book:
         if self._uid_by_name.get(name) == uid:
             del self._uid_by_name[name]
         flag = flag_key(schedule)
-        self._by_flag[flag].discard(uid)
-        if not self._by_flag[flag]:
-            del self._by_flag[flag]
+        queue = self._queues.get(flag)
+        if queue is not None:
+            queue.remove(schedule)
+            if not queue:
+                del self._queues[flag]
 
     def drop_schedule(self, uid: str, forget: bool = True) -> list[Key]:
         """Take a schedule out of the live set (by uid); ``forget``: it was deleted. Return its flag."""
@@ -190,11 +194,27 @@ class Book:
 
     def schedules_of(self, flag: Key) -> list[FlagSchedule]:
         """The live schedules of a flag."""
-        return [self._live[uid] for uid in self._by_flag.get(flag, ())]
+        queue = self._queues.get(flag)
+        return [] if queue is None else list(queue.schedules.values())
+
+    def head(self, flag: Key) -> FlagSchedule | None:
+        """The flag's schedule that goes next: the earliest live one not cancelled."""
+        queue = self._queues.get(flag)
+        return None if queue is None else queue.head()
+
+    def cancelled_of(self, flag: Key) -> list[FlagSchedule]:
+        """The flag's live schedules with ``spec.cancelled`` (to be marked Cancelled now)."""
+        queue = self._queues.get(flag)
+        return [] if queue is None else [queue.schedules[uid] for uid in queue.cancelled]
+
+    def untidy_of(self, flag: Key) -> list[FlagSchedule]:
+        """The flag's live schedules that owe first-sight housekeeping (owner, claim, FlagFound)."""
+        queue = self._queues.get(flag)
+        return [] if queue is None else [queue.schedules[uid] for uid in queue.untidy]
 
     def flag_keys(self) -> list[Key]:
         """Every flag that has live schedules (whether or not the flag itself exists)."""
-        return list(self._by_flag)
+        return list(self._queues)
 
     def pending_count(self) -> int:
         return len(self._live)
@@ -226,6 +246,8 @@ class Book:
         if held is not None and _version(held.ref.resource_version) >= _version(flag.ref.resource_version):
             return False
         self.flags[key] = flag
+        if (held is None or held.ref.uid != flag.ref.uid) and key in self._queues:
+            self._queues[key].retidy(flag)
         return True
 
     def drop_flag(self, key: Key, uid: str) -> Key | None:
@@ -234,6 +256,8 @@ class Book:
         if held is None or held.ref.uid != uid:
             return None
         del self.flags[key]
+        if key in self._queues:
+            self._queues[key].retidy(None)
         return key
 
     def flag(self, key: Key) -> FeatureFlag | None:

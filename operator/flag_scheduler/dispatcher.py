@@ -1,7 +1,8 @@
 """The dispatcher: one task that sleeps until the earliest due time, then works on the flags that are due.
 
 There is no per-object timer and no polling. Each flag with schedules has one planned wake-up time
-(``timing.next_action_at``, or now when first-sight housekeeping is owed) in a heap; every watch event
+(the head of line's due time from the book's per-flag index, ``queues.FlagQueue``, or now when a cancellation
+or first-sight housekeeping is owed) in a heap; every watch event
 or write re-plans that one flag and wakes the dispatcher if the new time is earlier than its sleep.
 Work on one flag runs in one task at a time (order per flag); different flags run in parallel up to
 ``max_concurrency`` (isolation: a failing flag holds one slot for one attempt, never the queue).
@@ -27,11 +28,11 @@ from flag_scheduler import metrics
 from flag_scheduler.apply import Ctx, StandDown, StatusWriteFailed, apply_schedule, cancel_schedule, miss_schedule
 from flag_scheduler.finished import delete_expired, reject_unreadable
 from flag_scheduler.book import Key
-from flag_scheduler.housekeeping import needs_housekeeping, tidy_schedule
+from flag_scheduler.housekeeping import tidy_schedule
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339
-from flag_scheduler.timing import Action, action, head_of_line, next_action_at
+from flag_scheduler.timing import Action, action, due_at
 
 # After an unexpected error (API server down, 5xx on a status write) a flag is looked at again after
 # this, doubling with each further error in a row, up to the maximum.
@@ -103,12 +104,10 @@ class Dispatcher:
         return until
 
     def _next_time(self, flag: Key) -> datetime | None:
-        now = self.ctx.clock()
-        schedules = self.ctx.book.schedules_of(flag)
-        when = next_action_at(schedules, now)
-        owner = self.ctx.book.flag(flag)
-        if any(needs_housekeeping(s, owner) for s in schedules):
-            when = now
+        """Now for cancellations and first-sight housekeeping, else the head's due time; never during a pause."""
+        book, now = self.ctx.book, self.ctx.clock()
+        head = book.head(flag)
+        when = now if book.cancelled_of(flag) or book.untidy_of(flag) else None if head is None else due_at(head)
         paused = self._paused_until.get(flag)
         if when is not None and paused is not None:
             when = max(when, paused)
@@ -204,11 +203,9 @@ class Dispatcher:
         ctx = self.ctx
         while self.leading.is_set() and ctx.is_leader():
             now = ctx.clock()
-            schedules = ctx.book.schedules_of(flag)
-            for schedule in schedules:
-                if action(schedule, now) is Action.CANCEL:
-                    await cancel_schedule(ctx, schedule)
-            head = head_of_line(ctx.book.schedules_of(flag))
+            for schedule in ctx.book.cancelled_of(flag):
+                await cancel_schedule(ctx, schedule)
+            head = ctx.book.head(flag)
             todo = Action.WAIT if head is None else action(head, now)
             if todo is Action.APPLY:
                 await apply_schedule(ctx, head)
@@ -217,8 +214,8 @@ class Dispatcher:
             else:
                 break
         owner = ctx.book.flag(flag)
-        for schedule in ctx.book.schedules_of(flag):
-            if self.leading.is_set() and needs_housekeeping(schedule, owner):
+        for schedule in ctx.book.untidy_of(flag):
+            if self.leading.is_set():
                 await tidy_schedule(ctx, schedule, owner)
 
     async def stop(self) -> None:

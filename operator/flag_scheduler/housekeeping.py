@@ -20,18 +20,8 @@ from flag_scheduler.apply import Ctx, write_status
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag, FlagSchedule
+from flag_scheduler.queues import needs_housekeeping  # noqa: F401  (re-exported: the rule lives with the index)
 from flag_scheduler.status import FLAG_FOUND
-
-
-def needs_housekeeping(schedule: FlagSchedule, flag: FeatureFlag | None) -> bool:
-    """True if the schedule lacks its ownerReference or a claim, or its FlagFound condition is out of date."""
-    if schedule.status.phase.terminal:
-        return False
-    found = next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None)
-    unclaimed = schedule.status.claimed_by is None
-    if flag is None:
-        return found != "False" or unclaimed
-    return not schedule.owned_by(flag.ref.uid) or found == "False" or unclaimed
 
 
 async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | None) -> None:

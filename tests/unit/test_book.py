@@ -98,3 +98,34 @@ def test_flags_by_name_with_uid_aware_deletes() -> None:
     assert book.flag((NS, "checkout")).ref.uid == "f-2"
     assert book.observe_flag("DELETED", flag_body("checkout", "f-2", 10)) == (NS, "checkout")
     assert book.flag((NS, "checkout")) is None
+
+
+from datetime import UTC, datetime, timedelta  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flag_scheduler.timing import head_of_line  # noqa: E402
+
+ops = st.lists(st.tuples(st.sampled_from(["put", "cancel", "finish", "delete"]), st.integers(0, 7),
+                         st.integers(0, 3)), max_size=40)
+
+
+@given(ops)
+def test_the_flag_index_agrees_with_the_pure_rules(steps: list[tuple[str, int, int]]) -> None:
+    """Whatever happens to a flag's schedules, the book's O(1) answers equal timing's O(n) ones."""
+    book, rv = Book(), 0
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    for op, i, minutes in steps:
+        rv += 1
+        body = schedule_body(f"s{i}", f"uid-{i}", rv, at=(t0 + timedelta(minutes=minutes)).isoformat())
+        if op == "cancel":
+            body["spec"]["cancelled"] = True
+        if op == "finish":
+            body["status"]["phase"] = "Applied"
+        book.observe_schedule("DELETED" if op == "delete" else "MODIFIED", body)
+        live = book.schedules_of((NS, "checkout"))
+        head = book.head((NS, "checkout"))
+        expected = head_of_line(live)
+        assert (head.ref.uid if head else None) == (expected.ref.uid if expected else None)
+        assert {s.ref.uid for s in book.cancelled_of((NS, "checkout"))} == {s.ref.uid for s in live if s.spec.cancelled}
