@@ -107,17 +107,24 @@ def _log(schedule: FlagSchedule, **keys: Any) -> Any:
                       namespace=schedule.ref.namespace, **keys)
 
 
-async def write_status(
-    ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any], steal: bool = False
-) -> FlagSchedule | None:
-    """Write the schedule's status; on a conflict re-read and write again unless it became terminal.
+StatusBuilder = Callable[[FlagSchedule], dict[str, Any]]
 
-    None if the schedule is gone (deleted, or re-created: another uid is another schedule). A
-    conflict that shows another replica's claim stands down, except for a claim (``steal``).
+
+async def write_status(
+    ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any] | StatusBuilder, steal: bool = False
+) -> FlagSchedule | None:
+    """Write the schedule's status; on a conflict read it again and write again unless it became terminal.
+
+    ``new_status`` is a dict, or a function of the schedule that builds it, called again on the
+    fresh copy after a conflict so that nothing it carries over (conditions, counts) is stale.
+    Returns the schedule as written, or None if nothing was written: it is gone (deleted, or
+    re-created: another uid is another schedule) or already terminal. A conflict that shows another
+    replica's claim stands down, except for a claim (``steal``).
     """
+    build = new_status if callable(new_status) else (lambda _: new_status)
     for _ in range(CONFLICT_ATTEMPTS):
         try:
-            body = await ctx.kube.patch_schedule_status(schedule.ref, new_status)
+            body = await ctx.kube.patch_schedule_status(schedule.ref, build(schedule))
         except TRANSPORT_ERRORS as err:
             raise StatusWriteFailed(schedule, describe(err)) from err
         except ApiException as err:
@@ -129,7 +136,7 @@ async def write_status(
                 return None
             schedule = ctx.book.put_schedule(fresh) or schedule
             if schedule.status.phase.terminal:
-                return schedule
+                return None
             if not steal and schedule.status.claimed_by not in (None, ctx.settings.identity):
                 raise StandDown(f"the schedule was claimed by {schedule.status.claimed_by}")
             continue
@@ -144,7 +151,7 @@ async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
     if schedule.status.claimed_by == ctx.settings.identity:
         return schedule
     claimed = await write_status(ctx, schedule, {"claimedBy": ctx.settings.identity}, steal=True)
-    if claimed is None or claimed.status.phase.terminal:
+    if claimed is None:
         raise StandDown("the schedule was deleted or finished meanwhile")
     return claimed
 
@@ -190,7 +197,9 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
             raise StandDown("the leader Lease was not renewed in time")
         failpoints.reach("apply.before-flag-patch")
         try:
-            body = await ctx.kube.patch_flag_spec(flag.ref, schedule, ctx.fencing_token(), ctx.clock())
+            body = await ctx.kube.patch_flag_spec(
+                flag.ref, schedule, ctx.fencing_token(), ctx.clock(), flag.marker.after(schedule.ref.uid)
+            )
         except ApiException as err:
             if err.status == 409:
                 flag = None  # changed since read (maybe by another leader): read it and decide again
@@ -213,8 +222,14 @@ async def _read(ctx: Ctx, plural: str, key: tuple[str, str]) -> dict[str, Any] |
 
 
 async def _read_flag(ctx: Ctx, key: tuple[str, str]) -> FeatureFlag | None:
+    """The flag as the API server has it now, recorded in the book (a flag found gone leaves the book too)."""
     body = await _read(ctx, FLAGS, key)
-    return None if body is None else ctx.book.put_flag(body)
+    if body is None:
+        held = ctx.book.flag(key)
+        if held is not None:
+            ctx.book.drop_flag(key, held.ref.uid)
+        return None
+    return ctx.book.put_flag(body)
 
 
 async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
@@ -236,9 +251,9 @@ async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
 async def record_applied(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag, due: datetime | None) -> None:
     """The change is on the flag: Applied, with the time it landed (from the marker)."""
     now = ctx.clock()
-    landed = flag.marker.applied_at or now
-    new = status.schedule_status(
-        schedule, now, Phase.APPLIED, "Applied", f"FeatureFlag {flag.ref.name} updated",
+    landed = (flag.marker.applied_at if flag.marker.uid == schedule.ref.uid else None) or now
+    new = lambda fresh: status.schedule_status(  # noqa: E731
+        fresh, now, Phase.APPLIED, "Applied", f"FeatureFlag {flag.ref.name} updated",
         appliedAt=rfc3339(landed), lastError=None,
     )
     if await write_status(ctx, schedule, new) is None:
@@ -251,15 +266,17 @@ async def record_applied(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag, du
     _log(schedule).info("schedule.applied", attempt=schedule.status.retry_count + 1, lateness_s=lateness)
 
 
-async def fence(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
-    """Read the flag fresh and make sure it carries this term's fencing token (see the module docstring)."""
-    key = flag_key(schedule)
+async def fence(ctx: Ctx, key: tuple[str, str], landed_uid: str = "") -> FeatureFlag | None:
+    """Read the flag fresh and make sure it carries this term's fencing token (see the module docstring).
+
+    No write if the flag is gone, already carries the token, or shows that ``landed_uid`` landed.
+    """
     for _ in range(CONFLICT_ATTEMPTS):
         flag = await _read_flag(ctx, key)
         if flag is None:
             return None  # nothing to land on; a PATCH prepared for an older flag fails its uid precondition
         token = ctx.fencing_token()
-        if flag.marker.uid == schedule.ref.uid or flag.marker.fencing_token == token:
+        if flag.marker.landed(landed_uid) or flag.marker.fencing_token == token:
             return flag
         if not ctx.is_leader():
             raise StandDown("the leader Lease was not renewed in time")
@@ -268,10 +285,10 @@ async def fence(ctx: Ctx, schedule: FlagSchedule) -> FeatureFlag | None:
         except ApiException as err:
             if err.status in (404, 409):
                 continue
-            if 400 <= err.status < 500:
+            if 400 <= err.status < 500 and err.status not in (408, 429):
                 # The flag refuses writes (a policy freezing it is the usual reason a schedule
                 # Failed): a deposed leader's PATCH is refused the same way, so settle unfenced.
-                _log(schedule).warning("flag.fence_refused", error=describe(err))
+                get_logger(namespace=key[0], flag=key[1]).warning("flag.fence_refused", error=describe(err))
                 return flag
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
@@ -288,13 +305,15 @@ async def settle_untouched(
     Returns True if ``phase`` was written; False if the schedule turned out Applied, gone, or (for
     Superseded) no longer superseded, in which case it is planned again.
     """
-    flag = await fence(ctx, schedule)
-    if flag is not None and flag.marker.uid == schedule.ref.uid:
+    flag = await fence(ctx, flag_key(schedule), schedule.ref.uid)
+    if flag is not None and flag.marker.landed(schedule.ref.uid):
         _log(schedule).warning("schedule.landed_before", instead_of=phase.value)
         await record_applied(ctx, schedule, flag, None)
         return False
     if phase is Phase.SUPERSEDED:
-        if flag is None or against_marker(schedule, flag.marker) is not Verdict.SUPERSEDED:
+        if flag is None:
+            raise ApplyFailure(f"404 NotFound: FeatureFlag {schedule.spec.flag_ref.name!r} no longer exists")
+        if against_marker(schedule, flag.marker) is not Verdict.SUPERSEDED:
             raise StandDown("the flag changed; the schedule is planned again")
         reason = "Superseded"
         message = (
@@ -302,10 +321,11 @@ async def settle_untouched(
             f"scheduledAt {rfc3339(flag.marker.scheduled_at)}), which is not older than this schedule; "
             "applying it would move the flag backwards, so the flag was not changed"
         )
-    written = await write_status(ctx, schedule, status.schedule_status(
-        schedule, ctx.clock(), phase, reason, message, **fields,
+    now = ctx.clock()
+    written = await write_status(ctx, schedule, lambda fresh: status.schedule_status(
+        fresh, now, phase, reason, message, **fields,
     ))
-    return written is not None and written.status.phase is phase
+    return written is not None
 
 
 async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
@@ -321,8 +341,8 @@ async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
             log.error("schedule.failed", retry_count=count)
         return
     when = next_retry_at(now, count + 1, limits, ctx.jitter())
-    await write_status(ctx, schedule, status.schedule_status(
-        schedule, now, Phase.RETRYING, "Retrying", error,
+    await write_status(ctx, schedule, lambda fresh: status.schedule_status(
+        fresh, now, Phase.RETRYING, "Retrying", error,
         retryCount=count + 1, nextRetryAt=rfc3339(when), lastError=error,
     ))
     metrics.RETRIED.inc()

@@ -13,6 +13,7 @@ schedules are kept whole; a finished schedule is remembered by uid and resourceV
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict, defaultdict
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -42,9 +43,10 @@ def flag_key(schedule: FlagSchedule) -> Key:
 
 
 class Expiry(NamedTuple):
-    """A finished schedule due for deletion (``ttlSecondsAfterFinished``)."""
+    """A finished schedule due for deletion (``ttlSecondsAfterFinished``); ``seq`` orders ties."""
 
     at: datetime
+    seq: int
     ref: ObjectRef
 
 
@@ -63,7 +65,12 @@ class Book:
 
     def __init__(self, default_ttl: int | None = None) -> None:
         self.default_ttl = default_ttl
-        self.expiries: list[Expiry] = []  # a heap, earliest first
+        self.expiries: list[Expiry] = []  # a heap, earliest first; stale entries are skipped
+        self._expiry_seq: dict[str, int] = {}  # uid -> seq of its current expiry
+        self._seq = itertools.count()
+        # Flags a deposed leader might still be patching: a schedule claimed by some replica was
+        # deleted or had its spec changed. flag -> that replica. The next leader fences them.
+        self.suspects: OrderedDict[Key, str] = OrderedDict()
         self.unreadable: dict[str, Unreadable] = {}  # by uid, until the operator marks them Failed
         self._live: dict[str, FlagSchedule] = {}
         self._uid_by_name: dict[Key, str] = {}
@@ -135,13 +142,36 @@ class Book:
             touched = self.drop_schedule(uid, forget=False)
         self._finished[uid] = version
         ttl = spec.get("ttlSecondsAfterFinished", self.default_ttl)
-        finished_at = parse_time(status.get("finishedAt")) or parse_time(meta.get("creationTimestamp"))
+        # Schedules finished before status.finishedAt existed count from when they were applied.
+        finished_at = next(filter(None, (parse_time(status.get(k)) for k in ("finishedAt", "appliedAt"))),
+                           None) or parse_time(meta.get("creationTimestamp"))
         if isinstance(ttl, int) and finished_at is not None:
             try:
-                heapq.heappush(self.expiries, Expiry(finished_at + timedelta(seconds=ttl), ObjectRef.from_meta(meta)))
+                at = finished_at + timedelta(seconds=ttl)
             except OverflowError:
-                pass  # past the year 9999: never
+                return touched  # past the year 9999: never
+            seq = self._expiry_seq[uid] = next(self._seq)
+            heapq.heappush(self.expiries, Expiry(at, seq, ObjectRef.from_meta(meta)))
         return touched
+
+    def pop_expired(self, now: datetime) -> list[Expiry]:
+        """Finished schedules whose TTL ran out by ``now`` (each once, the latest version of each)."""
+        due = []
+        while self.expiries and self.expiries[0].at <= now:
+            expiry = heapq.heappop(self.expiries)
+            if self._expiry_seq.get(expiry.ref.uid) == expiry.seq:
+                del self._expiry_seq[expiry.ref.uid]
+                due.append(expiry)
+        return due
+
+    def _suspect(self, schedule: FlagSchedule) -> None:
+        """A claimed schedule was deleted or changed: whoever claimed it may have a PATCH in flight."""
+        if schedule.status.claimed_by:
+            key = flag_key(schedule)
+            self.suspects.pop(key, None)
+            self.suspects[key] = schedule.status.claimed_by
+            while len(self.suspects) > GONE_MEMORY:
+                self.suspects.popitem(last=False)
 
     def _record(self, schedule: FlagSchedule) -> list[Key]:
         uid, version = schedule.ref.uid, _version(schedule.ref.resource_version)
@@ -154,6 +184,8 @@ class Book:
             return []  # a late copy, of this object or of a deleted namesake
         touched = self.drop_schedule(held_uid) if held is not None and held_uid != uid else []
         if held is not None and held_uid == uid:
+            if held.ref.generation != schedule.ref.generation:
+                self._suspect(held)
             self._unlink(held)
         self._live[uid] = schedule
         self._uid_by_name[name] = uid
@@ -182,9 +214,12 @@ class Book:
             while len(self._gone) > GONE_MEMORY:
                 self._gone.popitem(last=False)
             self._finished.pop(uid, None)
+            self._expiry_seq.pop(uid, None)
         schedule = self._live.get(uid)
         if schedule is None:
             return []
+        if forget:
+            self._suspect(schedule)
         self._unlink(schedule)
         return [flag_key(schedule)]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from flag_scheduler import metrics
 from flag_scheduler.apply import Ctx, StandDown, StatusWriteFailed, apply_schedule, cancel_schedule, miss_schedule
-from flag_scheduler.finished import delete_expired, reject_unreadable
+from flag_scheduler.finished import delete_expired, fence_suspect, reject_unreadable
 from flag_scheduler.book import Key
 from flag_scheduler.housekeeping import tidy_schedule
 from flag_scheduler.kube import describe
@@ -63,6 +63,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task] = set()
         self._errors: dict[Key, int] = {}
         self._rejecting: set[str] = set()
+        self._retry_after: dict[str, datetime] = {}
+        self._tries: dict[str, int] = {}
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -139,16 +141,26 @@ class Dispatcher:
             metrics.PENDING.set(self.ctx.book.pending_count())
 
     def _end_of_life(self, now: datetime) -> None:
-        """Start deleting finished schedules whose TTL ran out, and failing unreadable ones."""
-        book = self.ctx.book
-        while book.expiries and book.expiries[0].at <= now:
-            self._spawn(delete_expired(self.ctx, heapq.heappop(book.expiries)), "ttl")
+        """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
+        book, me = self.ctx.book, self.ctx.settings.identity
+        while book.suspects:
+            key, claimant = book.suspects.popitem(last=False)
+            if claimant != me:  # a claim of this replica's cannot be in a deposed leader's hands
+                self._spawn(fence_suspect(self.ctx, key), "fence")
+        for expiry in book.pop_expired(now):
+            self._spawn(delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
-            if uid not in self._rejecting:
+            if uid not in self._rejecting and self._retry_after.get(uid, now) <= now:
                 self._rejecting.add(uid)
-                self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u))
+                self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u),
+                            lambda u=uid: self._later(u, now))
 
-    def _spawn(self, work: Any, stage: str, then: Any = None) -> None:
+    def _later(self, uid: str, now: datetime) -> None:
+        """An unreadable schedule could not be marked Failed: try again later, backing off."""
+        tries = self._tries[uid] = self._tries.get(uid, 0) + 1
+        self._retry_after[uid] = now + min(MAX_ERROR_PAUSE, ERROR_PAUSE * 2 ** min(tries, 20))
+
+    def _spawn(self, work: Any, stage: str, then: Any = None, failed: Any = None) -> None:
         async def bounded() -> None:
             try:
                 async with self._slots:
@@ -156,6 +168,8 @@ class Dispatcher:
             except Exception as err:  # noqa: BLE001 - logged and counted; the next turn tries again
                 metrics.ERRORS.labels(stage).inc()
                 log.warning(f"{stage}.error", error=describe(err))
+                if failed is not None:
+                    failed()
             finally:
                 if then is not None:
                     then()
@@ -185,6 +199,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except StandDown as why:
+            self._errors.pop(flag, None)
             log.info("flag.stand_down", namespace=flag[0], flag=flag[1], reason=str(why))
         except StatusWriteFailed as failed:
             until = self._pause(flag, "status")

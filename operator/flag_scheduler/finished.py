@@ -15,11 +15,16 @@ from __future__ import annotations
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import metrics
-from flag_scheduler.apply import Ctx
+from flag_scheduler.apply import Ctx, fence
 from flag_scheduler.book import Expiry, Unreadable
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339
+
+
+async def fence_suspect(ctx: Ctx, key: tuple[str, str]) -> None:
+    """Fence a flag that a deposed leader may still be patching (see ``Book.suspects``)."""
+    await fence(ctx, key)
 
 
 async def delete_expired(ctx: Ctx, expiry: Expiry) -> None:
@@ -54,11 +59,15 @@ async def reject_unreadable(ctx: Ctx, item: Unreadable) -> None:
         body = await ctx.kube.patch_schedule_status(item.ref, status)
     except ApiException as err:
         if err.status in (404, 409):
-            return  # deleted or changed: the watch brings the new version
+            # Deleted, re-created or changed: forget this version; a newer one comes back by the watch.
+            if ctx.book.unreadable.get(item.ref.uid) == item:
+                del ctx.book.unreadable[item.ref.uid]
+            return
         get_logger(schedule=item.ref.name, namespace=item.ref.namespace).warning(
             "schedule.invalid_status_failed", error=describe(err))
         raise
     ctx.book.observe_schedule("MODIFIED", body)
+    ctx.book.unreadable.pop(item.ref.uid, None)
     metrics.FAILED.inc()
     ctx.event_about(item.ref, "FlagSchedule", "Warning", "InvalidSpec", message)
     get_logger(schedule=item.ref.name, namespace=item.ref.namespace).warning("schedule.invalid", error=item.error)

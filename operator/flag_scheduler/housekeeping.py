@@ -34,7 +34,7 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
             await write_status(ctx, schedule, claim)
             return
         message = f"FeatureFlag {schedule.spec.flag_ref.name!r} does not exist in namespace {schedule.ref.namespace!r}"
-        await write_status(ctx, schedule, {**status.flag_found_status(schedule, False, message, now), **claim})
+        await write_status(ctx, schedule, lambda fresh: {**status.flag_found_status(fresh, False, message, now), **claim})
         ctx.event(schedule, "Warning", "FlagNotFound", message + "; the schedule fails at its due time unless it appears")
         log.warning("schedule.flag_not_found")
         return
@@ -65,7 +65,7 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
         schedule = ctx.book.put_schedule(body) or schedule
     if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
         message = f"FeatureFlag {flag.ref.name!r} exists"
-        await write_status(ctx, schedule, {**status.flag_found_status(schedule, True, message, now), **claim})
+        await write_status(ctx, schedule, lambda fresh: {**status.flag_found_status(fresh, True, message, now), **claim})
     elif claim:
         await write_status(ctx, schedule, claim)
 

@@ -23,6 +23,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from flag_scheduler.models import (
     ANNOTATION_APPLIED_AT,
     ANNOTATION_FENCING_TOKEN,
+    ANNOTATION_RECENT_UIDS,
     ANNOTATION_SCHEDULE,
     ANNOTATION_SCHEDULE_UID,
     ANNOTATION_SCHEDULED_AT,
@@ -170,12 +171,13 @@ class Kube:
             raise
 
     async def patch_flag_spec(
-        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime
+        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime, recent_uids: str = ""
     ) -> dict[str, Any]:
         """Apply a schedule's updates and its marker to the flag, in one request.
 
         The marker (annotations) names the schedule, its uid and ``scheduledAt`` (exactly once and
-        forward only), when it landed, and the leader term that wrote it (fencing).
+        forward only), when it landed, the leader term that wrote it (fencing), and the uids of the
+        last few schedules that landed (``recent_uids``, this one first).
         """
         notes = {
             ANNOTATION_SCHEDULE: schedule.ref.name,
@@ -183,6 +185,7 @@ class Kube:
             ANNOTATION_SCHEDULED_AT: exact_time(schedule.spec.scheduled_at),
             ANNOTATION_APPLIED_AT: rfc3339(now),
             ANNOTATION_FENCING_TOKEN: fencing_token,
+            ANNOTATION_RECENT_UIDS: recent_uids,
         }
         body = {**_preconditions(flag, notes), "spec": schedule.spec.updates.as_patch()}
         return await self._patch(FLAGS, flag, body)

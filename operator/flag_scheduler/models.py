@@ -24,6 +24,10 @@ ANNOTATION_APPLIED_AT = f"{GROUP}/last-applied-at"
 # The leader term that last wrote the flag: a new leader writes it before it settles a schedule
 # without changing the flag, so a deposed leader's in-flight PATCH fails its precondition.
 ANNOTATION_FENCING_TOKEN = f"{GROUP}/fencing-token"
+# The uids of the last RECENT_LANDED schedules that changed the flag, newest first: a schedule whose
+# change landed but whose status was never written is still recognised after a later one landed.
+ANNOTATION_RECENT_UIDS = f"{GROUP}/recent-schedule-uids"
+RECENT_LANDED = 16
 FIELD_MANAGER = "flag-scheduler"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -222,6 +226,7 @@ class Marker(_Model):
     scheduled_at: datetime | None = None
     applied_at: datetime | None = None
     fencing_token: str | None = None
+    recent: tuple[str, ...] = ()  # uids of the schedules that landed last, newest first
 
     @classmethod
     def from_annotations(cls, notes: dict[str, str]) -> Marker:
@@ -231,7 +236,16 @@ class Marker(_Model):
             scheduled_at=parse_time(notes.get(ANNOTATION_SCHEDULED_AT)),
             applied_at=parse_time(notes.get(ANNOTATION_APPLIED_AT)),
             fencing_token=notes.get(ANNOTATION_FENCING_TOKEN),
+            recent=tuple(u for u in (notes.get(ANNOTATION_RECENT_UIDS) or "").split(",") if u)[:RECENT_LANDED],
         )
+
+    def landed(self, uid: str) -> bool:
+        """True if the schedule with this uid changed the flag (last, or among the last few)."""
+        return bool(uid) and (uid == self.uid or uid in self.recent)
+
+    def after(self, uid: str) -> str:
+        """The recent-uids annotation once the schedule with ``uid`` has landed."""
+        return ",".join((uid, *(u for u in self.recent if u != uid))[:RECENT_LANDED])
 
 
 def _lenient_status(raw: dict[str, Any]) -> FlagScheduleStatus:
@@ -243,8 +257,14 @@ def _lenient_status(raw: dict[str, Any]) -> FlagScheduleStatus:
     try:
         return FlagScheduleStatus.model_validate(raw)
     except ValidationError:
-        phase = raw.get("phase") if raw.get("phase") in {p.value for p in Phase} else Phase.PENDING.value
-        return FlagScheduleStatus(phase=phase)
+        readable = {}
+        for key, value in raw.items():  # keep every field that reads on its own (the claim, the count...)
+            try:
+                FlagScheduleStatus.model_validate({key: value})
+            except ValidationError:
+                continue
+            readable[key] = value
+        return FlagScheduleStatus.model_validate(readable)
 
 
 class FeatureFlag(_Model):

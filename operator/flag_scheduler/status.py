@@ -59,9 +59,9 @@ def schedule_status(
 
 
 def flag_found_status(schedule: FlagSchedule, found: bool, message: str, now: datetime) -> dict[str, Any]:
-    """Only the ``FlagFound`` condition changes; phase and retries stay as they are."""
+    """Only the ``FlagFound`` condition changes (nothing else is sent, so nothing else can go stale)."""
     cond = condition(
         schedule.status.conditions, FLAG_FOUND, found, "Found" if found else "NotFound", message,
         schedule.ref.generation, now,
     )
-    return {"phase": schedule.status.phase.value, "conditions": _with(schedule.status.conditions, cond)}
+    return {"conditions": _with(schedule.status.conditions, cond)}

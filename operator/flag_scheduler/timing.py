@@ -112,7 +112,7 @@ def against_marker(schedule: FlagSchedule, marker: Marker) -> Verdict:
     already landed is superseded rather than applied twice. A marker without a readable
     ``scheduledAt`` (written by hand, or before it was recorded) orders nothing.
     """
-    if marker.uid is not None and marker.uid == schedule.ref.uid:
+    if marker.landed(schedule.ref.uid):
         return Verdict.LANDED
     if marker.scheduled_at is None or marker.name is None:
         return Verdict.GO

@@ -20,6 +20,7 @@ from flag_scheduler.kube import exact_time
 from flag_scheduler.models import (
     ANNOTATION_APPLIED_AT,
     ANNOTATION_FENCING_TOKEN,
+    ANNOTATION_RECENT_UIDS,
     ANNOTATION_SCHEDULE,
     ANNOTATION_SCHEDULE_UID,
     ANNOTATION_SCHEDULED_AT,
@@ -83,12 +84,14 @@ class FakeKube:
             raise TimeoutError("the response was lost")
         return copy.deepcopy(obj)
 
-    async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule, token: str, now: datetime) -> dict:
+    async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule, token: str, now: datetime,
+                              recent_uids: str = "") -> dict:
         def change(obj: dict[str, Any]) -> None:
             obj["metadata"].setdefault("annotations", {}).update({
                 ANNOTATION_SCHEDULE: schedule.ref.name, ANNOTATION_SCHEDULE_UID: schedule.ref.uid,
                 ANNOTATION_SCHEDULED_AT: exact_time(schedule.spec.scheduled_at),
                 ANNOTATION_APPLIED_AT: rfc3339(now), ANNOTATION_FENCING_TOKEN: token,
+                ANNOTATION_RECENT_UIDS: recent_uids,
             })
             obj["spec"].update(schedule.spec.updates.as_patch())
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
