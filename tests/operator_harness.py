@@ -58,6 +58,8 @@ class OperatorProcess:
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",
+            "FLAG_SCHEDULER_SYNC_PORT": "0",  # tests that read flags pick free ports
+            "FLAG_SCHEDULER_OFREP_PORT": "0",
             "FLAG_SCHEDULER_BACKOFF_SECONDS": "1",
             "FLAG_SCHEDULER_MAX_BACKOFF_SECONDS": "2",
             **env,

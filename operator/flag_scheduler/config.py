@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
+    sync_port: int = Field(8015, ge=0, le=65535, description="flagd sync (gRPC) for OpenFeature SDKs; 0 = off.")
+    ofrep_port: int = Field(8016, ge=0, le=65535, description="OFREP (HTTP) for OpenFeature SDKs; 0 = off.")
+    serve_address: str = Field("0.0.0.0", min_length=1, description="Address the sync and OFREP ports listen on.")
     max_concurrency: int = Field(64, ge=1, le=10000, description="Flags changed in parallel.")
     lease_name: str = Field("flag-scheduler", description="Name of the leader-election Lease.")
     lease_namespace: str = Field(

@@ -24,3 +24,6 @@ LATENESS = Histogram(
 )
 PENDING = Gauge("flag_scheduler_pending_schedules", "Schedules not yet terminal (Pending or Retrying).")
 IS_LEADER = Gauge("flag_scheduler_is_leader", "1 while this replica holds the leader Lease.")
+SYNC_STREAMS = Gauge("flag_scheduler_sync_streams", "flagd sync streams (SyncFlags) connected to this replica.")
+SYNC_PUSHES = Counter("flag_scheduler_sync_pushes_total", "Flag sets sent on sync streams.")
+OFREP_REQUESTS = Counter("flag_scheduler_ofrep_requests_total", "OFREP evaluation requests by HTTP status.", ["code"])

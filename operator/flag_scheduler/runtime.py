@@ -13,11 +13,13 @@ from prometheus_client import start_http_server
 from flag_scheduler.apply import Ctx
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.flag_store import FlagStore
 from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.leader import Leadership
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.dispatcher import Dispatcher
+from flag_scheduler.serving import Serving
 
 log = get_logger()
 
@@ -34,6 +36,8 @@ class Runtime:
         self.kube = kube
         self.lease_api = lease_api
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
+        self.flag_store = FlagStore()  # what SDKs read; apart from the book
+        self.serving: Serving | None = None
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
@@ -53,9 +57,16 @@ class Runtime:
         async for page in kube.list_pages(FLAGS, settings.namespaces):
             for body in page:
                 runtime.book.observe_flag(None, body)
+                runtime.flag_store.put(body)
         async for page in kube.list_pages(SCHEDULES, settings.namespaces):
             for body in page:
                 runtime.book.observe_schedule(None, body)
+        try:
+            runtime.serving = await Serving.start(settings, runtime.flag_store)
+        except BaseException:
+            await kube.close()
+            await runtime.lease_api.close()
+            raise
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
@@ -79,12 +90,15 @@ class Runtime:
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
+        self.flag_store.observe(event_type, body)
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
 
     async def close(self) -> None:
-        """Stop applying, hand the Lease over, close the client."""
+        """Stop serving flags, stop applying, hand the Lease over, close the client."""
+        if self.serving is not None:
+            await self.serving.close()
         for task in (self._election, self._task):
             if task is not None:
                 task.cancel()

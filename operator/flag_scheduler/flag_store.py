@@ -1,0 +1,138 @@
+"""The flags served to OpenFeature SDKs: one flag set per namespace, fed by the FeatureFlag watch.
+
+Kept apart from the scheduler's book on purpose: it holds only what is served (each flag's flagd
+definition), and it changes only when a served definition changes, so a status write, an annotation
+or a new description pushes nothing.
+
+Readers take a ``Snapshot`` of a namespace: the rendered configuration, its ETag, an evaluator
+built on first use, and an event set once a newer snapshot exists. A sync stream sends a snapshot
+and waits on that event; a burst of changes costs one render per reader wake-up, not per change.
+Namespaces without flags keep no state (a selector is whatever a client sends): their snapshots
+share one event, set whenever any namespace gets its first flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from openfeature.contrib.tools.flagd.core import FlagdCore
+
+from flag_scheduler.flag_definitions import flag_configuration, flag_definition, render
+from flag_scheduler.logs import get_logger
+
+log = get_logger()
+
+
+@dataclass
+class Snapshot:
+    """One namespace's flag set at one moment."""
+
+    namespace: str
+    configuration: str
+    etag: str
+    replaced: asyncio.Event
+    keys: tuple[str, ...]
+    _evaluator: FlagdCore | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, namespace: str, definitions: dict[str, dict[str, Any]], replaced: asyncio.Event) -> Snapshot:
+        text = render(flag_configuration(namespace, definitions))
+        etag = hashlib.sha256(text.encode()).hexdigest()[:24]
+        return cls(namespace, text, etag, replaced, tuple(sorted(definitions)))
+
+    def evaluator(self) -> FlagdCore:
+        """flagd's own evaluator (openfeature-flagd-core, as in the in-process providers) on this set."""
+        if self._evaluator is None:
+            core = FlagdCore()
+            core.set_flags(self.configuration)  # from the text: the core rewrites dicts it is given
+            self._evaluator = core
+        return self._evaluator
+
+
+@dataclass
+class _Entry:
+    uid: str | None
+    definition: dict[str, Any]
+
+
+class FlagStore:
+    """Per-namespace flag definitions; ``observe`` takes FeatureFlag watch events."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, dict[str, _Entry]] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self._events: dict[str, asyncio.Event] = {}
+        self._appeared = asyncio.Event()
+        self.closed = False
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A FeatureFlag watch event (or a LIST item, ``event_type`` None)."""
+        if event_type == "DELETED":
+            self.drop(body)
+        else:
+            self.put(body)
+
+    def put(self, body: dict[str, Any]) -> None:
+        """Serve this flag; readers are woken only if its definition changed."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            definition = flag_definition(body.get("spec") or {})
+        except ValueError as err:
+            log.warning("flags.unservable", namespace=namespace, flag=name, error=str(err))
+            self.drop(body)
+            return
+        flags = self._flags.setdefault(namespace, {})
+        old = flags.get(name)
+        flags[name] = _Entry(meta.get("uid"), definition)
+        if old is None or old.definition != definition:
+            self._changed(namespace, first=len(flags) == 1 and old is None)
+
+    def drop(self, body: dict[str, Any]) -> None:
+        """Stop serving this flag (if the stored one is the same object: identity is the uid)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        flags = self._flags.get(namespace, {})
+        entry = flags.get(name)
+        if entry is None or (entry.uid and meta.get("uid") and entry.uid != meta["uid"]):
+            return
+        del flags[name]
+        if not flags:
+            del self._flags[namespace]
+        self._changed(namespace, first=False)
+
+    def snapshot(self, namespace: str) -> Snapshot:
+        """The namespace's current flag set (empty for a namespace with no flags)."""
+        snap = self._snapshots.get(namespace)
+        if snap is not None:
+            return snap
+        flags = self._flags.get(namespace)
+        if not flags:
+            return Snapshot.of(namespace, {}, self._appeared)
+        event = self._events.setdefault(namespace, asyncio.Event())
+        snap = Snapshot.of(namespace, {name: e.definition for name, e in flags.items()}, event)
+        self._snapshots[namespace] = snap
+        return snap
+
+    def namespaces(self) -> list[str]:
+        """Namespaces that have at least one served flag."""
+        return sorted(self._flags)
+
+    def close(self) -> None:
+        """Wake every reader for the last time; they see ``closed`` and end their streams."""
+        self.closed = True
+        self._appeared.set()
+        for event in self._events.values():
+            event.set()
+
+    def _changed(self, namespace: str, first: bool) -> None:
+        self._snapshots.pop(namespace, None)
+        event = self._events.pop(namespace, None)
+        if event is not None:
+            event.set()
+        if first:
+            self._appeared.set()
+            self._appeared = asyncio.Event()

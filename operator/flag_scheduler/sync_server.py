@@ -1,0 +1,106 @@
+"""flagd's sync protocol (``flagd.sync.v1.FlagSyncService``, gRPC) for in-process providers and flagd.
+
+``SyncFlags`` streams the selected namespace's whole flag set at once and again after every change
+of a served definition; ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
+still called by the providers) answers an empty object. The selector is the namespace: the
+``flagd-selector`` header, else the request's ``selector`` field (both are what providers send).
+
+The messages and the service come from the generated code that ``openfeature-provider-flagd``
+ships (``openfeature.schemas.protobuf.flagd.sync.v1``), the stubs the providers themselves use.
+Clients may ping every 10 s on idle streams (flagd's Go provider pings every 30 s; gRPC's default
+policy would answer that with GOAWAY), and the server pings idle peers so a vanished client's
+stream is closed and leaves the gauge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+from grpc import aio
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+
+from flag_scheduler.flag_definitions import namespace_problem
+from flag_scheduler.flag_store import FlagStore
+from flag_scheduler.logs import get_logger
+from flag_scheduler.metrics import SYNC_PUSHES, SYNC_STREAMS
+
+log = get_logger()
+
+SELECTOR_HEADER = "flagd-selector"
+MAX_RPCS = 10_000  # streams and calls at once; more are refused with RESOURCE_EXHAUSTED
+OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it silently
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+
+class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
+    """The service: every replica answers from its own warm store; no leadership needed."""
+
+    def __init__(self, store: FlagStore) -> None:
+        self.store = store
+
+    async def SyncFlags(  # noqa: N802 - the protocol's name
+        self, request: sync_pb2.SyncFlagsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[sync_pb2.SyncFlagsResponse]:
+        """Send the flag set now and after each change, until the client leaves or the server closes."""
+        namespace = await _namespace(request.selector, context)
+        SYNC_STREAMS.inc()
+        log.info("sync.stream_opened", namespace=namespace, peer=context.peer(), provider_id=request.provider_id)
+        try:
+            sent = None
+            while not self.store.closed:
+                snap = self.store.snapshot(namespace)
+                if snap.etag != sent:
+                    yield sync_pb2.SyncFlagsResponse(flag_configuration=snap.configuration)
+                    sent = snap.etag
+                    SYNC_PUSHES.inc()
+                await snap.replaced.wait()
+        finally:
+            SYNC_STREAMS.dec()
+            log.info("sync.stream_closed", namespace=namespace, peer=context.peer())
+
+    async def FetchAllFlags(  # noqa: N802
+        self, request: sync_pb2.FetchAllFlagsRequest, context: aio.ServicerContext
+    ) -> sync_pb2.FetchAllFlagsResponse:
+        """The flag set, once."""
+        namespace = await _namespace(request.selector, context)
+        return sync_pb2.FetchAllFlagsResponse(flag_configuration=self.store.snapshot(namespace).configuration)
+
+    async def GetMetadata(  # noqa: N802
+        self, request: sync_pb2.GetMetadataRequest, context: aio.ServicerContext
+    ) -> sync_pb2.GetMetadataResponse:
+        """No static context: providers add what this returns to every evaluation."""
+        return sync_pb2.GetMetadataResponse(metadata=Struct())
+
+
+async def _namespace(field: str, context: aio.ServicerContext) -> str:
+    """The selected namespace; INVALID_ARGUMENT naming the setting when there is none or it is no name."""
+    header = dict(context.invocation_metadata() or ()).get(SELECTOR_HEADER)
+    namespace = header if header is not None else field
+    problem = namespace_problem(namespace)
+    if problem:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"selector: {problem}")
+    return namespace
+
+
+async def start_sync_server(store: FlagStore, address: str, port: int) -> aio.Server:
+    """Serve ``FlagSyncService`` on ``address:port``; SystemExit naming the setting if the port is taken."""
+    server = aio.server(options=OPTIONS, maximum_concurrent_rpcs=MAX_RPCS)
+    sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(FlagSync(store), server)
+    try:
+        bound = server.add_insecure_port(f"{address}:{port}")
+    except RuntimeError as err:
+        bound, cause = 0, err
+    else:
+        cause = None
+    if not bound:
+        raise SystemExit(f"FLAG_SCHEDULER_SYNC_PORT: cannot listen on {address}:{port} ({cause or 'in use'})")
+    await server.start()
+    log.info("sync.serving", address=address, port=port)
+    return server
