@@ -28,6 +28,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from conftest import REPO, Kubectl
 from controlplane import ControlPlane, free_port
 from operator_harness import Cluster, OperatorProcess, in_seconds, wait_for
 
@@ -249,3 +250,14 @@ def test_a_second_process_on_a_port_in_use_stops_naming_the_setting(
                           timeout=60)
     assert proc.returncode != 0
     assert f"FLAG_SCHEDULER_SYNC_PORT: cannot listen on 127.0.0.1:{served.sync_port}" in proc.stderr
+
+
+def test_the_service_and_the_network_policy_are_accepted_by_the_api_server(
+    kubectl: Kubectl, operator_manifests: None
+) -> None:
+    service = kubectl.json("get", "service", "flag-scheduler-flags", "-n", "flag-scheduler-system")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "grpc-sync": (8015, "sync"), "http-ofrep": (8016, "ofrep")
+    }
+    applied = kubectl("apply", "--dry-run=server", "-k", str(REPO / "manifests" / "network-policy"))
+    assert "networkpolicy.networking.k8s.io/flag-scheduler-flag-readers" in applied.stdout

@@ -61,7 +61,12 @@ def test_exposed_ports_are_the_deployments_and_the_operators_defaults() -> None:
     ports = {p["name"]: p["containerPort"] for p in container()["containers"][0]["ports"]}
     defaults = Settings.model_fields
     assert exposed == set(ports.values())
-    assert ports == {"health": defaults["health_port"].default, "metrics": defaults["metrics_port"].default}
+    assert ports == {
+        "health": defaults["health_port"].default,
+        "metrics": defaults["metrics_port"].default,
+        "sync": defaults["sync_port"].default,
+        "ofrep": defaults["ofrep_port"].default,
+    }
     probes = container()["containers"][0]
     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert probes["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
