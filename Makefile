@@ -10,7 +10,7 @@ CONTROLPLANE := hack/controlplane
 QUICK ?=
 ARGOCD_LUA := build/argocd-lua
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale clean
+.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -64,12 +64,16 @@ demo: venv binaries ## Start the control plane and the operator, and show a sche
 run: venv ## Run the operator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale phase
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
+	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
 
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
+
+bench-propagation: venv binaries ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP
+	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
 
 clean: ## Remove the virtualenv and caches inside the checkout
 	rm -rf $(VENV) .pytest_cache .hypothesis .cluster build

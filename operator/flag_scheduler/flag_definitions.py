@@ -61,6 +61,20 @@ def render(configuration: Mapping[str, Any]) -> str:
     return json.dumps(configuration, sort_keys=True, separators=(",", ":"))
 
 
+def selected_namespace(selector: str) -> tuple[str, str | None]:
+    """The namespace a flagd selector names, and why it cannot select (None if it can).
+
+    flagd's selector syntax: a bare value (``team-a``), or ``flagSetId=team-a`` (every flag set
+    served here has its namespace as ``flagSetId``), or ``source=team-a``.
+    """
+    key, sep, value = selector.partition("=")
+    if not sep:
+        return selector, namespace_problem(selector)
+    if key.strip() not in ("flagSetId", "source"):
+        return value, f"{key.strip()!r} is not a selector key here: use flagSetId=<namespace> or the namespace alone"
+    return value.strip(), namespace_problem(value.strip())
+
+
 def namespace_problem(namespace: str) -> str | None:
     """Why ``namespace`` cannot select a flag set (None if it can): clients choose it, so it is checked."""
     if not namespace:

@@ -2,8 +2,9 @@
 
 ``SyncFlags`` streams the selected namespace's whole flag set at once and again after every change
 of a served definition; ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
-still called by the providers) answers an empty object. The selector is the namespace: the
-``flagd-selector`` header, else the request's ``selector`` field (both are what providers send).
+still called by the providers) answers an empty object. The selector names the namespace (bare, or
+``flagSetId=<namespace>``): the ``flagd-selector`` header, else the request's ``selector`` field
+(providers send both).
 
 The messages and the service come from the generated code that ``openfeature-provider-flagd``
 ships (``openfeature.schemas.protobuf.flagd.sync.v1``), the stubs the providers themselves use.
@@ -21,7 +22,7 @@ from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
-from flag_scheduler.flag_definitions import namespace_problem
+from flag_scheduler.flag_definitions import selected_namespace
 from flag_scheduler.flag_store import FlagStore
 from flag_scheduler.logs import get_logger
 from flag_scheduler.metrics import SYNC_PUSHES, SYNC_STREAMS
@@ -82,8 +83,7 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
 async def _namespace(field: str, context: aio.ServicerContext) -> str:
     """The selected namespace; INVALID_ARGUMENT naming the setting when there is none or it is no name."""
     header = dict(context.invocation_metadata() or ()).get(SELECTOR_HEADER)
-    namespace = header if header is not None else field
-    problem = namespace_problem(namespace)
+    namespace, problem = selected_namespace(header if header is not None else field)
     if problem:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"selector: {problem}")
     return namespace

@@ -237,6 +237,8 @@ def test_bad_requests_are_refused_naming_what_is_wrong(cluster: Cluster, served:
         fetched = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector="nope"), timeout=5,
                                      metadata=(("flagd-selector", cluster.ns),))
         assert '"a":' in fetched.flag_configuration
+        by_flag_set = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector=f"flagSetId={cluster.ns}"), timeout=5)
+        assert by_flag_set.flag_configuration == fetched.flag_configuration
         empty = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector="no-flags-here"), timeout=5)
         assert '"flags":{}' in empty.flag_configuration
 

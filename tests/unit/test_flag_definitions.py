@@ -15,7 +15,13 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
-from flag_scheduler.flag_definitions import flag_configuration, flag_definition, namespace_problem, render
+from flag_scheduler.flag_definitions import (
+    flag_configuration,
+    flag_definition,
+    namespace_problem,
+    render,
+    selected_namespace,
+)
 
 KEYS = [f"user-{i}" for i in range(10_000)]
 
@@ -117,3 +123,19 @@ def test_a_malformed_spec_is_refused_naming_the_field(spec: dict, field: str) ->
 )
 def test_only_namespace_names_select_a_flag_set(namespace: str, ok: bool) -> None:
     assert (namespace_problem(namespace) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("selector", "namespace", "ok"),
+    [
+        ("team-a", "team-a", True),
+        ("flagSetId=team-a", "team-a", True),
+        ("source=team-a", "team-a", True),
+        ("flagSetId=", "", False),
+        ("app=weather", "weather", False),
+        ("", "", False),
+    ],
+)
+def test_a_selector_names_a_namespace_bare_or_as_flag_set_id(selector: str, namespace: str, ok: bool) -> None:
+    got, problem = selected_namespace(selector)
+    assert got == namespace and (problem is None) is ok
