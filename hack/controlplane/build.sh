@@ -38,9 +38,27 @@ stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:
 stamp+=" -X $cgo.gitVersion=$k8s_version -X $cgo.gitMajor=1 -X $cgo.gitMinor=$minor"
 stamp+=" -X $cgo.gitTreeState=clean"
 
-echo "building control plane $k8s_version, etcd $etcd_version into $dest (cold: many minutes)" >&2
+# One progress line per stage on the terminal; everything Go prints goes to the log, which is
+# printed whole if a stage fails.
+log="$cache_root/controlplane/build-$(date -u +%Y%m%dT%H%M%SZ).log"
+echo "building control plane $k8s_version, etcd $etcd_version into $dest (first time: 5-7 minutes)" >&2
+echo "  full build log: $log" >&2
+stage() {
+  local what=$1 t0
+  shift
+  t0=$(date +%s)
+  printf '  %s ... ' "$what" >&2
+  if ! "$@" >>"$log" 2>&1; then
+    echo "failed after $(( $(date +%s) - t0 )) s; the full log ($log):" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+  echo "done in $(( $(date +%s) - t0 )) s" >&2
+}
 start=$(date +%s)
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $stamp" -o "$work/" \
+stage "downloading Go modules" go mod download
+stage "compiling etcd, kube-apiserver, kube-controller-manager, kubectl" \
+  env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $stamp" -o "$work/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kubectl \
