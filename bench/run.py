@@ -167,9 +167,6 @@ def main() -> None:
     report.plot(curves, results, RESULTS)
     print(report.table(results))
     print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
-    import propagation  # its own section and control plane: results/propagation.json
-
-    propagation.run(args.quick)
 
 
 if __name__ == "__main__":
