@@ -106,9 +106,10 @@ def known(client: OpenFeatureClient, *flags: str) -> None:
 def test_clients_of_both_protocols_see_a_scheduled_change_without_restarting(
     cluster: Cluster, served: Served, sdk: Callable[..., OpenFeatureClient]
 ) -> None:
-    cluster.flag("checkout-v2", enabled=False, rollout=100)
+    # Connected before the namespace has any flag: the flag created next is pushed to it.
     sync_client = sdk(in_process(served, cluster.ns))
     ofrep_client = sdk(OFREPProvider(served.ofrep_url(cluster.ns)))
+    cluster.flag("checkout-v2", enabled=False, rollout=100)
     known(sync_client, "checkout-v2")
     known(ofrep_client, "checkout-v2")
     # The code default is True: False can only come from the operator.
@@ -155,7 +156,11 @@ def test_clients_keep_evaluating_through_an_operator_restart_and_reconnect(
     known(client, "banner")
     assert value(client, "banner") is True
 
-    served.op.stop()  # a clean shutdown ends the stream; the provider retries
+    with grpc.insecure_channel(f"127.0.0.1:{served.sync_port}") as channel:
+        stream = sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(sync_pb2.SyncFlagsRequest(selector=cluster.ns))
+        assert '"banner"' in next(stream).flag_configuration
+        served.op.stop()  # a clean shutdown ends every stream with OK; the provider retries
+        assert list(stream) == [] and stream.code() == grpc.StatusCode.OK
     cluster.custom.patch_namespaced_custom_object(
         "flagscheduler.dev", "v1alpha1", cluster.ns, "featureflags", "banner", {"spec": {"enabled": False}}
     )
@@ -239,6 +244,10 @@ def test_bad_requests_are_refused_naming_what_is_wrong(cluster: Cluster, served:
         assert '"a":' in fetched.flag_configuration
         by_flag_set = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector=f"flagSetId={cluster.ns}"), timeout=5)
         assert by_flag_set.flag_configuration == fetched.flag_configuration
+        with pytest.raises(grpc.RpcError) as not_a_name:
+            stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector="Not_A_Namespace"), timeout=5)
+        assert not_a_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a namespace name" in not_a_name.value.details()
         empty = stub.FetchAllFlags(sync_pb2.FetchAllFlagsRequest(selector="no-flags-here"), timeout=5)
         assert '"flags":{}' in empty.flag_configuration
 
