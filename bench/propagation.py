@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import GROUP, VERSION, Cluster, ControlPlane, OperatorProcess, flag_body, parse_time, rfc3339  # noqa: E402
 from controlplane import free_port  # noqa: E402
-from propagation_clients import OfrepClients, SyncClients  # noqa: E402
+from propagation_clients import OfrepClients, ProcessSyncClients, SyncClients  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = (("sync", 1), ("sync", 100), ("ofrep", 1), ("ofrep", 100))
@@ -40,6 +40,7 @@ class Sizes:
     spacing: float = 0.1
     lead: float = 8.0  # first sight of every schedule (owner reference, claim) is over before the first is due
     ofrep_interval: float = 0.5
+    client_processes: int = 4  # sync clients beyond one run in this many processes
     idle_window: float = 30.0
 
 
@@ -76,7 +77,8 @@ async def create_schedules(cluster: Cluster, ns: str, sizes: Sizes, owners: dict
 
 async def wait_all_seen(clients: Any, expected: int, deadline: float) -> bool:
     while time.time() < deadline:
-        if all(seen.count() >= expected for seen in clients.seen):
+        if clients.all_saw(expected) if isinstance(clients, ProcessSyncClients) else \
+                all(seen.count() >= expected for seen in clients.seen):
             return True
         await asyncio.sleep(0.25)
     return False
@@ -111,21 +113,27 @@ async def phase(cluster: Cluster, ports: dict[str, int], protocol: str, n: int, 
         {**flag_body(name), "spec": {"enabled": False, "rolloutPercentage": 100}} for name in names])
     owners = {f["metadata"]["name"]: f["metadata"]["uid"] for f in created}
     await asyncio.sleep(1.0)  # the operator's watch has the flags before clients connect
-    if protocol == "sync":
-        clients: Any = await asyncio.to_thread(SyncClients, n, ports["sync"], ns, names)
+    if protocol == "sync" and n > 1:
+        clients: Any = ProcessSyncClients(n, ports["sync"], ns, names, sizes.client_processes)
+        await asyncio.to_thread(clients.wait_connected)
+    elif protocol == "sync":
+        clients = await asyncio.to_thread(SyncClients, n, ports["sync"], ns, names)
     else:
         clients = OfrepClients(n, f"http://127.0.0.1:{ports['ofrep']}/{ns}", names, sizes.ofrep_interval)
     try:
         schedules = await create_schedules(cluster, ns, sizes, owners)
         last_due = parse_time(schedules[-1]["spec"]["scheduledAt"]).timestamp()
         complete = await wait_all_seen(clients, sizes.schedules, last_due + 30)
+        idle = await idle_cpu(op, sizes.idle_window) if protocol == "sync" and n == 100 else None
+        if isinstance(clients, ProcessSyncClients):
+            await asyncio.to_thread(clients.close)  # collects what the workers' clients saw
         result = figures(await cluster.list_schedules(ns), clients, sizes)
         result["complete"] = complete
         if protocol == "ofrep":
             result.update(poll_interval_s=sizes.ofrep_interval, requests=clients.requests,
                           not_modified=clients.not_modified)
-        if protocol == "sync" and n == 100:
-            result["idle_cpu_percent_100_streams"] = await idle_cpu(op, sizes.idle_window)
+        if idle is not None:
+            result["idle_cpu_percent_100_streams"] = idle
     finally:
         await asyncio.to_thread(clients.close)
     if protocol == "sync" and n == 100:
