@@ -132,3 +132,4 @@ async def test_watches_are_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.watching.server_timeout < settings.watching.client_timeout <= 270
     assert settings.watching.connect_timeout is not None
     assert settings.watching.chunk_size == 500  # Kopf's initial LIST is paged too
+    assert settings.queueing.idle_timeout <= 0.5  # and its idle per-object workers do not pile up
