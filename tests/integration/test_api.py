@@ -254,10 +254,20 @@ def test_the_good_base_objects_of_the_bad_input_table_are_accepted(
 # -- transitions -----------------------------------------------------------------------------
 
 
+APPLIED_STATUS: dict[str, Any] = {
+    "phase": "Applied",
+    "appliedAt": "2030-01-01T09:00:00.000Z",
+    "conditions": [{"type": "Applied", "status": "True", "reason": "Applied", "message": "FeatureFlag updated",
+                    "lastTransitionTime": "2030-01-01T09:00:00.000Z"}],
+}
+
+
 def _set_phase(kubectl: Kubectl, namespace: str, name: str, phase: str, check: bool = True):
+    """Write ``phase`` to the schedule's status, with what the CRD's status rules require alongside it."""
+    status = APPLIED_STATUS if phase == "Applied" else {"phase": phase}
     return kubectl(
         "patch", "fs", name, "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": {"phase": phase}}), check=check,
+        "-p", json.dumps({"status": status}), check=check,
     )
 
 
@@ -419,7 +429,7 @@ def test_operator_service_account_can_do_its_job(
         group, version, namespace, "flagschedules", "go-live", {"metadata": {"annotations": {"probe": "1"}}}
     )
     crd.patch_namespaced_custom_object_status(
-        group, version, namespace, "flagschedules", "go-live", {"status": {"phase": "Applied"}}
+        group, version, namespace, "flagschedules", "go-live", {"status": APPLIED_STATUS}
     )
 
     core = k8s.CoreV1Api(operator_api)

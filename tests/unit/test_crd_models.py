@@ -54,6 +54,7 @@ ALLOWED = {
     "FlagScheduleSpec.scheduledAt:x-kubernetes-validations": "CEL: the range, mirrored by a validator",
     "FlagScheduleSpec.scheduledAt:maxLength": "no longer string parses as a date-time",
     "FlagScheduleSpec.scheduledAt:pattern": "the shape of an RFC 3339 date-time; pydantic parses it",
+    "FlagScheduleStatus:x-kubernetes-validations": "CEL: a coherent status that only moves forward, checked on write",
     "FeatureFlagStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
     "FlagScheduleStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
 }
