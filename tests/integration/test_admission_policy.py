@@ -1,0 +1,331 @@
+"""The shipped admission policies and roles, with the control plane's real users alice, bob and carol.
+
+1. Scheduling is no back door: creating a FlagSchedule, or changing its flagRef or updates, needs the
+   right to patch the FeatureFlag it names (manifests/policy/schedules_need_flag_patch.yaml).
+2. The exactly-once marker cannot be forged: only the operator (whoever is granted update on the
+   virtual featureflags/markers) writes a flag's flagscheduler.dev/ annotations
+   (manifests/policy/operator_annotations.yaml).
+3. Status belongs to the operator: no role for people writes it.
+
+Every user starts with no rights; each test grants them in its own namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from conftest import Kubectl
+from operator_harness import wait_for
+
+from .conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
+
+API_VERSION = "flagscheduler.dev/v1alpha1"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+SCHEDULE_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-schedules-need-flag-patch'"
+MARKER_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-operator-annotations'"
+MARKER_UID = "flagscheduler.dev/last-applied-schedule-uid"
+MARKERS = {
+    "flagscheduler.dev/last-applied-schedule": "go-live",
+    MARKER_UID: "3f1c0d5e-0000-4000-8000-000000000001",
+    "flagscheduler.dev/last-applied-scheduled-at": "2030-01-01T09:00:00Z",
+    "flagscheduler.dev/last-applied-at": "2030-01-01T09:00:00.012Z",
+    "flagscheduler.dev/fencing-token": "7",
+}
+
+
+def flag(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, **({"annotations": annotations} if annotations else {})}
+    return {"apiVersion": API_VERSION, "kind": "FeatureFlag", "metadata": meta,
+            "spec": {"enabled": False, "rolloutPercentage": 0}}
+
+
+def schedule(name: str, flag_name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "FlagSchedule", "metadata": {"name": name},
+            "spec": {"flagRef": {"name": flag_name}, "scheduledAt": "2030-01-01T09:00:00Z",
+                     "updates": {"enabled": True}, **spec}}
+
+
+def create(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *extra: str, **kw: Any):
+    return kubectl("create", "-n", namespace, "-f", "-", *extra, input=json.dumps(obj), check=False, **kw)
+
+
+def patch(kubectl: Kubectl, namespace: str, what: str, body: dict[str, Any], *extra: str, **kw: Any):
+    return kubectl("patch", what, "-n", namespace, "--type=merge", "-p", json.dumps(body), *extra, check=False, **kw)
+
+
+def refused(result, *fragments: str) -> str:
+    assert result.returncode != 0, f"expected a refusal, got success:\n{result.stdout}"
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in the API server's message:\n{result.stderr}"
+    return result.stderr
+
+
+def accepted(result) -> None:
+    assert result.returncode == 0, result.stderr
+
+
+def grant(kubectl: Kubectl, namespace: str, user: str, verbs: str, resource: str, names: str = "") -> None:
+    """A Role in ``namespace`` with ``verbs`` on ``resource`` (optionally only ``names``), bound to ``user``."""
+    role = f"{user}-{resource.split('.')[0]}-{uuid.uuid4().hex[:4]}"
+    kubectl("create", "role", role, f"--verb={verbs}", f"--resource={resource}", "-n", namespace,
+            *([f"--resource-name={names}"] if names else []))
+    kubectl("create", "rolebinding", role, f"--role={role}", f"--user={user}", "-n", namespace)
+
+
+def bind(kubectl: Kubectl, namespace: str, user: str, cluster_role: str) -> None:
+    kubectl("create", "rolebinding", f"{user}-{cluster_role}", f"--clusterrole={cluster_role}", f"--user={user}",
+            "-n", namespace)
+
+
+def can_i(kubectl: Kubectl, namespace: str, user: str, verb: str, what: str, *extra: str) -> bool:
+    """``kubectl auth can-i`` as ``user`` (a SelfSubjectAccessReview: what the authorizer says now)."""
+    result = kubectl("auth", "can-i", verb, what, "-n", namespace, *extra, user=user, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def wait_can(kubectl: Kubectl, namespace: str, user: str, verb: str, what: str) -> None:
+    """Wait until the RBAC authorizer's cache has the new binding (it lags a moment behind the write)."""
+    wait_for(lambda: can_i(kubectl, namespace, user, verb, what), what=f"{user} may {verb} {what}")
+
+
+@pytest.fixture(scope="session")
+def policies(kubectl: Kubectl, operator_manifests: None) -> None:
+    """The shipped policies in force: they load asynchronously, so probe with dry-run requests until refused."""
+    probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", probe)
+    try:
+        accepted(create(kubectl, probe, flag("probe")))
+        grant(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
+        grant(kubectl, probe, "carol", "get,patch", "featureflags.flagscheduler.dev", names="probe")
+        wait_can(kubectl, probe, "carol", "patch", "featureflags.flagscheduler.dev/probe")
+        wait_can(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
+        wait_for(lambda: SCHEDULE_POLICY in create(
+            kubectl, probe, schedule("probe", "not-carols"), "--dry-run=server", user="carol").stderr,
+            what="the schedule policy to take effect")
+        wait_for(lambda: MARKER_POLICY in patch(
+            kubectl, probe, "featureflag/probe", {"metadata": {"annotations": {MARKER_UID: "x"}}}, "--dry-run=server",
+            user="carol").stderr, what="the marker policy to take effect")
+    finally:
+        kubectl("delete", "namespace", probe, "--wait=false")
+
+
+# -- 1. scheduling requires the right to change the flag --------------------------------------
+
+
+@pytest.fixture
+def flags(kubectl: Kubectl, namespace: str, policies: None) -> str:
+    """Two flags, checkout-v2 and pricing, in the test's namespace."""
+    for name in ("checkout-v2", "pricing"):
+        accepted(create(kubectl, namespace, flag(name)))
+    return namespace
+
+
+def test_schedules_only_user_is_refused_naming_the_missing_permission(kubectl: Kubectl, flags: str) -> None:
+    grant(kubectl, flags, "alice", "create,get,update,patch", "flagschedules.flagscheduler.dev")
+    wait_can(kubectl, flags, "alice", "create", "flagschedules.flagscheduler.dev")
+
+    refused(
+        create(kubectl, flags, schedule("go-live", "checkout-v2"), user="alice"),
+        f'flagschedules.flagscheduler.dev "go-live" is forbidden: {SCHEDULE_POLICY}',
+        f'user "alice" may not patch featureflags.flagscheduler.dev "checkout-v2" in namespace "{flags}": creating a'
+        " FlagSchedule, or changing its spec.flagRef or spec.updates, needs the permission to patch the flag it names",
+    )
+    assert kubectl("get", "fs", "go-live", "-n", flags, check=False).returncode != 0
+
+
+def test_patch_on_that_one_flag_allows_scheduling_it_and_only_it(kubectl: Kubectl, flags: str) -> None:
+    grant(kubectl, flags, "bob", "create,get,update,patch", "flagschedules.flagscheduler.dev")
+    grant(kubectl, flags, "bob", "patch", "featureflags.flagscheduler.dev", names="checkout-v2")
+    wait_can(kubectl, flags, "bob", "patch", "featureflags.flagscheduler.dev/checkout-v2")
+    assert not can_i(kubectl, flags, "bob", "patch", "featureflags.flagscheduler.dev/pricing")
+
+    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2"), user="bob"))
+    accepted(patch(kubectl, flags, "fs/go-live", {"spec": {"updates": {"rolloutPercentage": 50}}}, user="bob"))
+    refused(
+        create(kubectl, flags, schedule("pricing-on", "pricing"), user="bob"),
+        SCHEDULE_POLICY, 'user "bob" may not patch featureflags.flagscheduler.dev "pricing"',
+    )
+    # Re-pointing an allowed schedule at another flag is the same back door.
+    refused(
+        patch(kubectl, flags, "fs/go-live", {"spec": {"flagRef": {"name": "pricing"}}}, user="bob"),
+        SCHEDULE_POLICY, 'user "bob" may not patch featureflags.flagscheduler.dev "pricing"',
+    )
+    stored = kubectl.json("get", "fs", "go-live", "-n", flags)["spec"]
+    assert stored["flagRef"] == {"name": "checkout-v2"}
+    assert stored["updates"] == {"enabled": True, "rolloutPercentage": 50}
+
+
+def test_changing_the_updates_of_someone_elses_schedule_needs_the_flag_too(kubectl: Kubectl, flags: str) -> None:
+    """Cancelling or moving a schedule does not choose what the flag gets, so it needs no flag right."""
+    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2")))
+    grant(kubectl, flags, "carol", "get,update,patch", "flagschedules.flagscheduler.dev")
+    wait_can(kubectl, flags, "carol", "patch", "flagschedules.flagscheduler.dev")
+
+    refused(
+        patch(kubectl, flags, "fs/go-live", {"spec": {"updates": {"enabled": False}}}, user="carol"),
+        SCHEDULE_POLICY, 'user "carol" may not patch featureflags.flagscheduler.dev "checkout-v2"',
+    )
+    accepted(patch(kubectl, flags, "fs/go-live", {"spec": {"scheduledAt": "2030-02-01T09:00:00Z"}}, user="carol"))
+    accepted(patch(kubectl, flags, "fs/go-live", {"spec": {"cancelled": True}}, user="carol"))
+    stored = kubectl.json("get", "fs", "go-live", "-n", flags)["spec"]
+    assert stored["updates"] == {"enabled": True} and stored["cancelled"] is True
+
+
+@pytest.mark.parametrize("who", ["cluster-admin", "namespace-admin", "namespace-editor"])
+def test_users_who_may_patch_every_flag_schedule_freely(kubectl: Kubectl, flags: str, who: str) -> None:
+    user = {"cluster-admin": "admin", "namespace-admin": "alice", "namespace-editor": "bob"}[who]
+    if who != "cluster-admin":
+        bind(kubectl, flags, user, "admin" if who == "namespace-admin" else "edit")  # built-in, aggregated roles
+        wait_can(kubectl, flags, user, "create", "flagschedules.flagscheduler.dev")
+    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2"), user=user))
+    accepted(create(kubectl, flags, schedule("pricing-on", "pricing"), user=user))
+
+
+def test_operator_writes_to_schedules_are_not_checked(
+    kubectl: Kubectl, flags: str, operator_kubeconfig: Path
+) -> None:
+    """The operator's ownerReference (main resource) and status writes pass, sent as it sends them."""
+    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2")))
+    uid = kubectl.json("get", "ff", "checkout-v2", "-n", flags)["metadata"]["uid"]
+    owner = {"apiVersion": API_VERSION, "kind": "FeatureFlag", "name": "checkout-v2", "uid": uid}
+    api = k8s_config.new_client_from_config(config_file=str(operator_kubeconfig))
+    try:
+        crd = k8s.CustomObjectsApi(api)
+        group, version = API_VERSION.split("/")
+        crd.patch_namespaced_custom_object(group, version, flags, "flagschedules", "go-live",
+                                           {"metadata": {"ownerReferences": [owner]}})
+        crd.patch_namespaced_custom_object_status(group, version, flags, "flagschedules", "go-live",
+                                                  {"status": {"claimedBy": "replica-1"}})
+    finally:
+        api.close()
+    stored = kubectl.json("get", "fs", "go-live", "-n", flags)
+    assert stored["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert stored["status"]["claimedBy"] == "replica-1"
+
+
+# -- 2. only the operator writes its annotations ----------------------------------------------
+
+
+@pytest.fixture
+def editor(kubectl: Kubectl, namespace: str, policies: None) -> str:
+    """bob edits flags in the test's namespace (the built-in edit role, which aggregates the editor role)."""
+    bind(kubectl, namespace, "bob", "edit")
+    wait_can(kubectl, namespace, "bob", "patch", "featureflags.flagscheduler.dev")
+    return "bob"
+
+
+def _annotations(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
+    return kubectl.json("get", "ff", name, "-n", namespace)["metadata"].get("annotations", {})
+
+
+def test_an_editor_cannot_forge_the_marker_of_a_pending_schedule(
+    kubectl: Kubectl, namespace: str, editor: str
+) -> None:
+    """The forgery the marker invites: the operator would mark the schedule Applied and skip the change."""
+    accepted(create(kubectl, namespace, flag("checkout-v2"), user=editor))
+    accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2"), user=editor))
+    uid = kubectl.json("get", "fs", "go-live", "-n", namespace)["metadata"]["uid"]
+
+    forged = {"flagscheduler.dev/last-applied-schedule": "go-live", MARKER_UID: uid}
+    result = patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": forged}}, user=editor)
+    refused(
+        result,
+        f'featureflags.flagscheduler.dev "checkout-v2" is forbidden: {MARKER_POLICY}',
+        f'user "{editor}" may not set, change or remove the annotations flagscheduler.dev/last-applied-schedule,'
+        f" {MARKER_UID}: only the flag-scheduler operator writes them"
+        " (it is granted update on featureflags/markers in API group flagscheduler.dev)",
+    )
+    assert _annotations(kubectl, namespace, "checkout-v2") == {}
+
+
+# (id, what the editor's merge patch does to the annotations of a flag the operator has marked)
+FORGERIES = [
+    ("alter-the-uid", {MARKER_UID: "3f1c0d5e-0000-4000-8000-000000000002"}),
+    ("alter-the-fencing-token", {"flagscheduler.dev/fencing-token": "8"}),
+    ("remove-the-uid", {MARKER_UID: None}),
+    ("remove-all", dict.fromkeys(MARKERS)),
+    ("add-another", {"flagscheduler.dev/anything": "x"}),
+]
+
+
+@pytest.mark.parametrize("annotations", [f[1] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
+def test_an_editor_cannot_alter_remove_or_add_the_operators_annotations(
+    kubectl: Kubectl, namespace: str, editor: str, annotations: dict[str, str | None]
+) -> None:
+    accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS)))
+    result = patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": annotations}}, user=editor)
+    message = refused(result, MARKER_POLICY, f'user "{editor}" may not set, change or remove the annotations ')
+    named = message.split("the annotations ", 1)[1].split(": only", 1)[0]
+    assert sorted(named.split(", ")) == sorted(annotations)
+    assert _annotations(kubectl, namespace, "checkout-v2") == MARKERS
+
+
+def test_an_editor_cannot_create_a_flag_with_the_operators_annotations(
+    kubectl: Kubectl, namespace: str, editor: str
+) -> None:
+    refused(create(kubectl, namespace, flag("checkout-v2", MARKERS), user=editor), MARKER_POLICY)
+    assert kubectl("get", "ff", "checkout-v2", "-n", namespace, check=False).returncode != 0
+
+
+def test_an_editor_still_edits_the_flag_and_its_own_annotations(kubectl: Kubectl, namespace: str, editor: str) -> None:
+    """The control for the refusals above: only the operator's annotations are guarded."""
+    accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS), user="admin"))
+    body = {"metadata": {"annotations": {"team": "checkout"}}, "spec": {"enabled": True}}
+    accepted(patch(kubectl, namespace, "ff/checkout-v2", body, user=editor))
+    stored = kubectl.json("get", "ff", "checkout-v2", "-n", namespace)
+    assert stored["spec"]["enabled"] is True
+    assert stored["metadata"]["annotations"] == {**MARKERS, "team": "checkout"}
+
+
+def test_a_namespace_admin_cannot_forge_them_either(kubectl: Kubectl, namespace: str, policies: None) -> None:
+    bind(kubectl, namespace, "carol", "admin")
+    wait_can(kubectl, namespace, "carol", "patch", "featureflags.flagscheduler.dev")
+    accepted(create(kubectl, namespace, flag("checkout-v2")))
+    refused(patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": {MARKER_UID: "x"}}},
+                  user="carol"), MARKER_POLICY, 'user "carol"')
+    assert not can_i(kubectl, namespace, "carol", "update", "featureflags.flagscheduler.dev", "--subresource=markers")
+
+
+def test_the_operator_service_account_sets_alters_and_removes_them(
+    kubectl: Kubectl, namespace: str, policies: None, operator_kubeconfig: Path
+) -> None:
+    accepted(create(kubectl, namespace, flag("checkout-v2")))
+    # As the operator sends it: the change and the markers in one merge PATCH.
+    expected: dict[str, str] = {}
+    for annotations in (MARKERS, {MARKER_UID: "3f1c0d5e-0000-4000-8000-000000000002"}, dict.fromkeys(MARKERS)):
+        body = {"metadata": {"annotations": annotations}, "spec": {"enabled": True}}
+        accepted(patch(kubectl, namespace, "ff/checkout-v2", body, kubeconfig=operator_kubeconfig))
+        expected = {k: v for k, v in {**expected, **annotations}.items() if v is not None}
+        assert _annotations(kubectl, namespace, "checkout-v2") == expected
+    assert expected == {}
+
+
+def test_a_cluster_admin_may_repair_them(kubectl: Kubectl, namespace: str, policies: None) -> None:
+    """system:masters passes every authorizer check: the break-glass for a restore from backup."""
+    accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS)))
+    accepted(patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": {MARKER_UID: None}}}))
+    assert MARKER_UID not in _annotations(kubectl, namespace, "checkout-v2")
+
+
+# -- 3. status belongs to the operator --------------------------------------------------------
+
+
+@pytest.mark.parametrize("builtin", ["admin", "edit"])
+def test_no_role_for_people_writes_status(kubectl: Kubectl, namespace: str, policies: None, builtin: str) -> None:
+    accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2")))
+    bind(kubectl, namespace, "alice", builtin)
+    wait_can(kubectl, namespace, "alice", "get", "flagschedules.flagscheduler.dev")
+    assert can_i(kubectl, namespace, "alice", "get", "flagschedules.flagscheduler.dev/status")
+    result = patch(kubectl, namespace, "fs/go-live", {"status": {"claimedBy": "alice"}}, "--subresource=status",
+                   user="alice")
+    refused(result, 'User "alice" cannot patch resource "flagschedules/status" in API group "flagscheduler.dev"')
+    assert "claimedBy" not in kubectl.json("get", "fs", "go-live", "-n", namespace)["status"]
+
