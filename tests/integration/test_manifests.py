@@ -1,0 +1,154 @@
+"""The install manifests as kustomize renders them: the pod's network surface, its disruption budget,
+a digest-pinned image, and the namespaced overlay's permissions (no cluster-wide grant for the operator).
+
+What the objects do at run time is tested elsewhere (the policies in test_admission_policy.py, the
+namespaced operator in test_namespaced_install.py); here: what is shipped, and that the API server
+accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import REPO, Kubectl
+
+MANIFESTS = REPO / "manifests"
+OPERATOR_LABELS = {"app.kubernetes.io/name": "flag-scheduler", "app.kubernetes.io/component": "operator"}
+# health, metrics, flagd sync (gRPC), OFREP (HTTP)
+SERVED_PORTS = {8080, 9090, 8015, 8016}
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def render(kubectl: Kubectl, directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of a directory, as a list of objects."""
+    return [d for d in yaml.safe_load_all(kubectl("kustomize", str(directory)).stdout) if d]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    found = [
+        o for o in objs
+        if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace
+    ]
+    assert len(found) == 1, f"{kind} {namespace}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def default(kubectl: Kubectl) -> list[dict[str, Any]]:
+    return render(kubectl, MANIFESTS / "default")
+
+
+@pytest.fixture(scope="module")
+def namespaced(kubectl: Kubectl) -> list[dict[str, Any]]:
+    return render(kubectl, MANIFESTS / "namespaced")
+
+
+def _container(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = one(objs, "Deployment", "flag-scheduler", "flag-scheduler-system")
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any]]) -> None:
+    policy = one(default, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")
+    deployment = one(default, "Deployment", "flag-scheduler", "flag-scheduler-system")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    assert len(rules) == 1 and "from" not in rules[0]  # any source, these ports only
+    admitted = {(p["protocol"], p["port"]) for p in rules[0]["ports"]}
+    assert admitted == {("TCP", port) for port in SERVED_PORTS}
+    declared = {(p["protocol"], p["containerPort"]) for p in _container(default)["ports"]}
+    assert declared <= admitted, "a port the Deployment declares is closed by the NetworkPolicy"
+
+
+def test_disruption_budget_keeps_one_of_two_replicas(default: list[dict[str, Any]]) -> None:
+    budget = one(default, "PodDisruptionBudget", "flag-scheduler", "flag-scheduler-system")
+    deployment = one(default, "Deployment", "flag-scheduler", "flag-scheduler-system")
+    assert budget["spec"]["minAvailable"] == 1
+    assert deployment["spec"]["replicas"] == 2
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"] == OPERATOR_LABELS
+
+
+def test_default_install_creates_the_policy_objects(kubectl: Kubectl, operator_manifests: None) -> None:
+    """Applied (by the operator_manifests fixture): the API server stored every shipped object."""
+    for args in (
+        ["networkpolicy/flag-scheduler", "-n", "flag-scheduler-system"],
+        ["poddisruptionbudget/flag-scheduler", "-n", "flag-scheduler-system"],
+        ["validatingadmissionpolicy/flag-scheduler-schedules-need-flag-patch"],
+        ["validatingadmissionpolicy/flag-scheduler-operator-annotations"],
+        ["validatingadmissionpolicybinding/flag-scheduler-schedules-need-flag-patch"],
+        ["validatingadmissionpolicybinding/flag-scheduler-operator-annotations"],
+    ):
+        kubectl("get", *args)
+
+
+def test_image_can_be_pinned_by_digest(kubectl: Kubectl, tmp_path: Path) -> None:
+    overlay = {
+        "resources": [os.path.relpath(MANIFESTS / "default", tmp_path)],
+        "images": [{"name": "flag-scheduler", "newName": "registry.example.com/flag-scheduler", "digest": DIGEST}],
+    }
+    (tmp_path / "kustomization.yaml").write_text(json.dumps(overlay))
+    assert _container(render(kubectl, tmp_path))["image"] == f"registry.example.com/flag-scheduler@{DIGEST}"
+
+
+# -- the namespaced overlay ------------------------------------------------------------------
+
+
+def test_namespaced_overlay_grants_the_operator_nothing_cluster_wide(namespaced: list[dict[str, Any]]) -> None:
+    assert [o["metadata"]["name"] for o in namespaced if o["kind"] == "ClusterRoleBinding"] == []
+    cluster_roles = [o for o in namespaced if o["kind"] == "ClusterRole"]
+    # Only the people's roles remain, and each is aggregated into a built-in role (bound by admins).
+    assert {o["metadata"]["name"] for o in cluster_roles} == {
+        "flag-scheduler-admin", "flag-scheduler-editor", "flag-scheduler-viewer"
+    }
+    for role in cluster_roles:
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
+    subjects = [
+        s for o in namespaced if o["kind"] == "RoleBinding" for s in o["subjects"] if s["kind"] == "ServiceAccount"
+    ]
+    assert subjects and all(s == {"kind": "ServiceAccount", "name": "flag-scheduler",
+                                  "namespace": "flag-scheduler-system"} for s in subjects)
+
+
+def test_namespaced_overlay_watches_exactly_the_namespaces_it_grants(namespaced: list[dict[str, Any]]) -> None:
+    env = {e["name"]: e.get("value") for e in _container(namespaced)["env"]}
+    watched = json.loads(env["FLAG_SCHEDULER_NAMESPACES"])
+    granted = [
+        o["metadata"]["namespace"] for o in namespaced
+        if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "flag-scheduler-operator"
+    ]
+    assert sorted(watched) == sorted(granted) == ["team-a", "team-b"]
+
+
+def test_namespaced_role_grants_what_the_cluster_role_grants(
+    default: list[dict[str, Any]], namespaced: list[dict[str, Any]]
+) -> None:
+    cluster_role = one(default, "ClusterRole", "flag-scheduler-operator")
+    for ns in ("team-a", "team-b"):
+        assert one(namespaced, "Role", "flag-scheduler-operator", ns)["rules"] == cluster_role["rules"]
+
+
+@pytest.fixture
+def example_namespaces(kubectl: Kubectl) -> Iterator[None]:
+    """The overlay's example namespaces team-a and team-b, which must exist before it is applied."""
+    for ns in ("team-a", "team-b"):
+        kubectl("create", "namespace", ns)
+    yield
+    kubectl("delete", "namespace", "team-a", "team-b", "--wait=false")
+
+
+def test_namespaced_overlay_passes_server_dry_run(
+    kubectl: Kubectl, operator_manifests: None, example_namespaces: None
+) -> None:
+    result = kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                     "-k", str(MANIFESTS / "namespaced"))
+    assert "role.rbac.authorization.k8s.io/flag-scheduler-operator serverside-applied (server dry run)" in result.stdout
+    assert "deployment.apps/flag-scheduler serverside-applied (server dry run)" in result.stdout
+    assert "Warning" not in result.stderr, result.stderr
