@@ -41,10 +41,12 @@ argocd-snippet: ## Regenerate argocd/install/argocd-cm.yaml from argocd/resource
 unit: venv ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit
 
-lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize tree
+lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize trees
 	$(PY) -m compileall -q operator tests bench hack
 	$(VENV)/bin/hadolint Dockerfile
-	@"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize manifests/default > /dev/null && echo "manifests/default renders"
+	@for dir in manifests/default manifests/namespaced; do \
+		"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize $$dir > /dev/null && echo "$$dir renders" || exit 1; \
+	done
 
 install: ## Install the CRDs into the cluster in $$KUBECONFIG
 	kubectl apply --server-side -k crds

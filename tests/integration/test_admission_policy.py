@@ -320,12 +320,14 @@ def test_a_cluster_admin_may_repair_them(kubectl: Kubectl, namespace: str, polic
 
 @pytest.mark.parametrize("builtin", ["admin", "edit"])
 def test_no_role_for_people_writes_status(kubectl: Kubectl, namespace: str, policies: None, builtin: str) -> None:
+    accepted(create(kubectl, namespace, flag("checkout-v2")))
     accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2")))
     bind(kubectl, namespace, "alice", builtin)
     wait_can(kubectl, namespace, "alice", "get", "flagschedules.flagscheduler.dev")
-    assert can_i(kubectl, namespace, "alice", "get", "flagschedules.flagscheduler.dev/status")
-    result = patch(kubectl, namespace, "fs/go-live", {"status": {"claimedBy": "alice"}}, "--subresource=status",
-                   user="alice")
-    refused(result, 'User "alice" cannot patch resource "flagschedules/status" in API group "flagscheduler.dev"')
-    assert "claimedBy" not in kubectl.json("get", "fs", "go-live", "-n", namespace)["status"]
+    for kind, obj, status in (("flagschedules", "fs/go-live", {"claimedBy": "alice"}),
+                              ("featureflags", "ff/checkout-v2", {"lastAppliedSchedule": "go-live"})):
+        assert can_i(kubectl, namespace, "alice", "get", f"{kind}.flagscheduler.dev", "--subresource=status")
+        result = patch(kubectl, namespace, obj, {"status": status}, "--subresource=status", user="alice")
+        refused(result, f'User "alice" cannot patch resource "{kind}/status" in API group "flagscheduler.dev"')
+        assert list(status)[0] not in (kubectl.json("get", obj, "-n", namespace).get("status") or {})
 
