@@ -50,6 +50,7 @@ async def reject_unreadable(ctx: Ctx, item: Unreadable) -> None:
         "observedGeneration": item.ref.generation,
         "finishedAt": now,
         "lastError": message[:4096],
+        "nextRetryAt": None,  # the CRD allows it only while Retrying
         "conditions": [{
             "type": "Applied", "status": "False", "reason": "InvalidSpec", "message": message,
             "lastTransitionTime": now, "observedGeneration": item.ref.generation,
