@@ -218,7 +218,8 @@ def test_an_operator_restarted_with_a_long_history_starts_and_applies(
         name = f"old-{i:04d}"
         cluster.schedule(name, f"flag-{i % 20}", in_seconds(-7200 + i), {"enabled": True})
         cluster.custom.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, "flagschedules", name, {
-            "status": {"phase": "Applied", "appliedAt": now, "finishedAt": now, "retryCount": 0}})
+            "status": {"phase": "Applied", "appliedAt": now, "finishedAt": now, "retryCount": 0, "conditions": [
+                {"type": "Applied", "status": "True", "reason": "Applied", "lastTransitionTime": now}]}})
     cluster.flag("flag-0", enabled=False)
     op = start_operator()
     started = op.wait_log("operator.started")
