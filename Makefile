@@ -44,7 +44,7 @@ unit: venv ## Run the unit tests only (no cluster)
 lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize trees
 	$(PY) -m compileall -q operator tests bench hack
 	$(VENV)/bin/hadolint Dockerfile
-	@for dir in manifests/default manifests/namespaced; do \
+	@for dir in manifests/default manifests/namespaced manifests/network-policy; do \
 		"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize $$dir > /dev/null && echo "$$dir renders" || exit 1; \
 	done
 

@@ -62,10 +62,20 @@ def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = policy["spec"]["ingress"]
     assert len(rules) == 1 and "from" not in rules[0]  # any source, these ports only
-    admitted = {(p["protocol"], p["port"]) for p in rules[0]["ports"]}
-    assert admitted == {("TCP", port) for port in SERVED_PORTS}
-    declared = {(p["protocol"], p["containerPort"]) for p in _container(default)["ports"]}
-    assert declared <= admitted, "a port the Deployment declares is closed by the NetworkPolicy"
+    declared = {p["name"]: p["containerPort"] for p in _container(default)["ports"]}
+    admitted = {declared.get(p["port"], p["port"]) for p in rules[0]["ports"]}
+    assert {p["protocol"] for p in rules[0]["ports"]} == {"TCP"}
+    assert admitted == set(declared.values()) == SERVED_PORTS
+
+
+def test_network_policy_overlay_replaces_the_default_policy(kubectl: Kubectl) -> None:
+    """Policies add up: the narrowing overlay must leave one policy, not add a second that opens less."""
+    objs = render(kubectl, MANIFESTS / "network-policy")
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"] == ["flag-scheduler"]
+    anyone, readers = one(objs, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")["spec"]["ingress"]
+    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "metrics"}
+    assert {p["port"] for p in readers["ports"]} == {"sync", "ofrep"}
+    assert readers["from"] == [{"namespaceSelector": {"matchLabels": {"flagscheduler.dev/read-flags": "true"}}}]
 
 
 def test_disruption_budget_keeps_one_of_two_replicas(default: list[dict[str, Any]]) -> None:

@@ -270,5 +270,6 @@ def test_the_service_and_the_network_policy_are_accepted_by_the_api_server(
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "grpc-sync": (8015, "sync"), "http-ofrep": (8016, "ofrep")
     }
-    applied = kubectl("apply", "--dry-run=server", "-k", str(REPO / "manifests" / "network-policy"))
-    assert "networkpolicy.networking.k8s.io/flag-scheduler-flag-readers" in applied.stdout
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                      "-k", str(REPO / "manifests" / "network-policy"))
+    assert "networkpolicy.networking.k8s.io/flag-scheduler serverside-applied (server dry run)" in applied.stdout
