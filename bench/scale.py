@@ -61,7 +61,10 @@ async def _finish_all(cluster: Cluster, ns: str, names: list[str], concurrency: 
     """Mark schedules Applied (as a long history would have them), ``concurrency`` writes in flight."""
     gate = asyncio.Semaphore(concurrency)
     stamp = rfc3339(datetime.now(UTC) - timedelta(days=1))
-    status = {"status": {"phase": "Applied", "appliedAt": stamp, "finishedAt": stamp, "retryCount": 0}}
+    applied = {"type": "Applied", "status": "True", "reason": "Applied", "message": "history",
+               "lastTransitionTime": stamp}
+    status = {"status": {"phase": "Applied", "appliedAt": stamp, "finishedAt": stamp, "retryCount": 0,
+                         "conditions": [applied]}}
 
     async def finish(name: str) -> None:
         async with gate:
