@@ -25,7 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flag_scheduler import metrics
-from flag_scheduler.apply import Ctx, StandDown, StatusWriteFailed, apply_schedule, cancel_schedule, miss_schedule
+from flag_scheduler.apply import apply_schedule
+from flag_scheduler.context import Ctx, StandDown, StatusWriteFailed
+from flag_scheduler.settle import cancel_schedule, miss_schedule
 from flag_scheduler.finished import delete_expired, fence_suspect, reject_unreadable
 from flag_scheduler.book import Key
 from flag_scheduler.housekeeping import tidy_schedule

@@ -16,11 +16,10 @@ from __future__ import annotations
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import status
-from flag_scheduler.apply import Ctx, write_status
+from flag_scheduler.context import Ctx, write_status
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag, FlagSchedule
-from flag_scheduler.queues import needs_housekeeping  # noqa: F401  (re-exported: the rule lives with the index)
 from flag_scheduler.status import FLAG_FOUND
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
-from flag_scheduler.apply import Ctx
+from flag_scheduler.context import Ctx
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.flag_store import FlagStore

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from fake_kube import FakeKube
-from flag_scheduler.apply import Ctx, StandDown, apply_schedule, cancel_schedule
+from flag_scheduler.apply import apply_schedule
+from flag_scheduler.context import Ctx, StandDown
+from flag_scheduler.settle import cancel_schedule
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.dispatcher import Dispatcher

@@ -14,7 +14,7 @@ import pytest
 from fake_kube import FakeKube
 from flag_scheduler import dispatcher as dispatcher_module
 from flag_scheduler import handlers, leader, metrics
-from flag_scheduler.apply import EVENT_BACKLOG, Ctx
+from flag_scheduler.context import EVENT_BACKLOG, Ctx
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.dispatcher import Dispatcher

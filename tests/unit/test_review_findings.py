@@ -19,7 +19,9 @@ import pytest
 from kubernetes.aio.client.exceptions import ApiException
 
 from fake_kube import FakeKube, _error
-from flag_scheduler.apply import Ctx, StandDown, apply_schedule, cancel_schedule, land_change
+from flag_scheduler.apply import apply_schedule, land_change
+from flag_scheduler.context import Ctx, StandDown
+from flag_scheduler.settle import cancel_schedule
 from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.dispatcher import Dispatcher
