@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flag_scheduler import failpoints
 from flag_scheduler.models import RetryPolicy
@@ -24,7 +25,9 @@ class Settings(BaseSettings):
     max_backoff_seconds: float = Field(3600, gt=0, description="Cap on the delay between retries.")
     log_format: Literal["json", "console"] = Field("json", description="structlog renderer.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch, a JSON list; empty = all."
+    )
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
     sync_port: int = Field(8015, ge=0, le=65535, description="flagd sync (gRPC) for OpenFeature SDKs; 0 = off.")
@@ -57,6 +60,17 @@ class Settings(BaseSettings):
     def _known_failpoints(cls, value: str) -> str:
         failpoints.parse(value)
         return value
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _namespaces_json(cls, value: object) -> object:
+        # Decoded here rather than by pydantic-settings, whose parse error names no variable.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError(f'must be a JSON list such as ["team-a", "team-b"], got {value!r}') from None
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
