@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 CONTROLPLANE := hack/controlplane
 QUICK ?=
 ARGOCD_LUA := build/argocd-lua
+# The kubectl of install/deploy/run; `make cluster-up` prints the one it built (KUBECTL=...).
+KUBECTL ?= kubectl
+LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
 .PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
 
@@ -49,21 +52,22 @@ lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the 
 	done
 
 install: ## Install the CRDs into the cluster in $$KUBECONFIG
-	kubectl apply --server-side -k crds
+	$(KUBECTL) apply --server-side -k crds
 
 deploy: ## Deploy CRDs, RBAC and the operator (manifests/default) into the cluster in $$KUBECONFIG
-	kubectl apply --server-side -k manifests/default
+	$(KUBECTL) apply --server-side -k manifests/default
 
 cluster-up: venv binaries ## Start a local control plane in the background; prints KUBECONFIG= and KUBECTL=
-	@$(PY) $(CONTROLPLANE)/controlplane.py up
+	@$(PY) $(CONTROLPLANE)/detached.py up
 
 cluster-down: venv ## Stop the control plane started by cluster-up
-	@$(PY) $(CONTROLPLANE)/controlplane.py down
+	@$(PY) $(CONTROLPLANE)/detached.py down
 
 demo: venv binaries ## Start the control plane and the operator, and show a schedule being applied
 	$(PY) hack/demo.py
 
-run: venv ## Run the operator against the cluster in $$KUBECONFIG
+run: venv ## Run the operator against the cluster in $$KUBECONFIG (creates its Lease namespace if missing)
+	@$(KUBECTL) get namespace $(LEASE_NAMESPACE) > /dev/null 2>&1 || $(KUBECTL) create namespace $(LEASE_NAMESPACE)
 	$(VENV)/bin/flag-scheduler
 
 bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases

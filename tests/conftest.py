@@ -109,6 +109,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from operator_harness import RUNNING
+
+    for op in list(RUNNING):  # a test that lost track of its operator: stop it before its API server
+        op.stop()
     cp = getattr(config, "_flag_scheduler_cp", None)
     if cp is not None:
         cp.stop()

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from controlplane import ControlPlane
+from controlplane import ControlPlane, _die_with_parent
 
 GROUP, VERSION = "flagscheduler.dev", "v1alpha1"
 T = TypeVar("T")
@@ -44,8 +44,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
 
 
+# Every operator process a test started and has not stopped yet; the session stops leftovers.
+RUNNING: set[OperatorProcess] = set()
+
+
 class OperatorProcess:
-    """``python -m flag_scheduler`` as a separate OS process, watching the given namespaces."""
+    """``python -m flag_scheduler`` as a separate OS process, watching the given namespaces.
+
+    The process dies with the test run (``PR_SET_PDEATHSIG``, like the control plane's children), so
+    a killed pytest leaves no operator behind; one that fails to start is stopped before ``start``
+    raises.
+    """
 
     def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, **env: str) -> None:
         self.log_path = log_path
@@ -70,12 +79,19 @@ class OperatorProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flag_scheduler"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "flag_scheduler"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         out.close()
-        wait_for(lambda: "operator.started" in self.log_path.read_text()[offset:] or self._died(), timeout,
-                 what="operator.started in the operator's log")
+        RUNNING.add(self)
+        try:
+            wait_for(lambda: "operator.started" in self.log_path.read_text()[offset:] or self._died(), timeout,
+                     what="operator.started in the operator's log")
+        except AssertionError:
+            self.stop()
+            raise
         if self.proc.poll() is not None:
+            RUNNING.discard(self)
             raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
         return self
 
@@ -83,6 +99,7 @@ class OperatorProcess:
         return self.proc is not None and self.proc.poll() is not None
 
     def stop(self) -> None:
+        """SIGTERM (a clean shutdown: the operator releases its Lease), SIGKILL after 10 s."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -90,6 +107,7 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        RUNNING.discard(self)
 
     def send(self, sig: int) -> None:
         """Send a signal to the operator process (SIGCONT resumes one frozen at a failpoint)."""

@@ -18,13 +18,12 @@ with it; stale temporary directories of dead runs are removed at the next start.
 
 Command line (``python hack/controlplane/controlplane.py``):
 ``up`` starts a detached control plane and prints ``KUBECONFIG=...`` and ``KUBECTL=...``;
-``down`` stops it; ``serve`` is what ``up`` runs in the background.
+``down`` stops it; ``serve`` is what ``up`` runs in the background (see ``detached.py``).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import ctypes
 import json
 import os
@@ -248,21 +247,27 @@ class ControlPlane:
             raise
         return self
 
-    def stop(self) -> None:
-        """Stop every process this instance started and remove its directory."""
+    def stop(self, grace: float = 10.0) -> list[str]:
+        """Stop every process this instance started and remove its directory; return the ones killed.
+
+        Components stop in reverse start order (controller manager, API server, etcd), each with
+        SIGTERM and ``grace`` seconds before SIGKILL, so the API server never drains towards a
+        storage that is already gone.
+        """
+        killed = []
         for comp in reversed(self.components):
             if comp.proc.poll() is None:
                 comp.proc.terminate()
-        deadline = time.monotonic() + 10
-        for comp in reversed(self.components):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                comp.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if comp.proc.poll() is None:
+            try:
+                comp.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
                 comp.proc.kill()
                 comp.proc.wait()
+                killed.append(comp.name)
         self.components.clear()
         if getattr(self, "dir", None):
             shutil.rmtree(self.dir, ignore_errors=True)
+        return killed
 
     def restart_apiserver(self, timeout: float = 60.0) -> None:
         """Stop kube-apiserver and start it again on the same port, keeping etcd's data."""
@@ -408,95 +413,11 @@ class ControlPlane:
         self._wait(comp, f"https://127.0.0.1:{port}/healthz", timeout)
 
 
-# -- command line: a detached control plane for people and scripts ---------------------------
-
-
-def _serve() -> None:
-    cp = ControlPlane(fsync=os.environ.get("FLAG_SCHEDULER_FSYNC", "1") != "0")
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        cp.start()
-    except ControlPlaneError as err:
-        STATE_FILE.write_text(json.dumps({"error": str(err)}))
-        raise SystemExit(1) from err
-    STATE_FILE.write_text(
-        json.dumps(
-            {
-                "pid": os.getpid(),
-                "kubeconfig": str(cp.kubeconfig()),
-                "kubectl": str(cp.kubectl),
-                "audit_log": str(cp.audit_log),
-                "dir": str(cp.dir),
-            }
-        )
-    )
-    try:
-        while not stop and all(c.proc.poll() is None for c in cp.components):
-            time.sleep(0.2)
-    finally:
-        cp.stop()
-        with contextlib.suppress(OSError):
-            STATE_FILE.unlink()
-
-
-def _up() -> None:
-    _down(quiet=True)
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    binaries_dir()  # build in the foreground, so its progress is visible
-    log = STATE_FILE.with_name("serve.log")
-    with open(log, "wb") as out:
-        subprocess.Popen(
-            [sys.executable, __file__, "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if STATE_FILE.exists():
-            state = json.loads(STATE_FILE.read_text())
-            if "error" in state:
-                STATE_FILE.unlink()
-                raise SystemExit(f"control plane failed to start:\n{state['error']}")
-            print(f"KUBECONFIG={state['kubeconfig']}")
-            print(f"KUBECTL={state['kubectl']}")
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"control plane did not start; see {log}")
-
-
-def _down(quiet: bool = False) -> None:
-    if not STATE_FILE.exists():
-        if not quiet:
-            print("no control plane running")
-        return
-    state = json.loads(STATE_FILE.read_text())
-    pid = state.get("pid")
-    if pid and _pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    with contextlib.suppress(OSError):
-        STATE_FILE.unlink()
-    if not quiet:
-        print("control plane stopped")
-
-
 def main(argv: list[str]) -> None:
-    """Entry point: ``up``, ``down`` or ``serve``."""
-    commands = {"up": _up, "down": _down, "serve": _serve}
-    if len(argv) != 1 or argv[0] not in commands:
-        raise SystemExit("usage: controlplane.py up|down|serve")
-    commands[argv[0]]()
+    """``up``, ``down`` or ``serve``: the command line lives in ``detached.py``."""
+    import detached  # imports this module; loaded only for the command line
+
+    detached.main(argv)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,33 @@ async def _or_exit(callback: Awaitable[None], what: str) -> None:
         os._exit(70)
 
 
+class LeaseNamespaceMissing(SystemExit):
+    """The Lease's namespace does not exist: the operator stops at once, saying what to do."""
+
+
+async def check_lease_namespace(settings: Settings, api: client.ApiClient) -> None:
+    """Stop (``LeaseNamespaceMissing``) if the Lease's namespace is missing; any other answer passes.
+
+    A dry-run create of the Lease writes nothing, needs only the ``create`` the Role grants, and is
+    refused with 404 only when the namespace is missing (409 when the Lease exists). Without this
+    the election would log ``leader.create_failed`` forever and never apply anything.
+    """
+    body = client.V1Lease(metadata=client.V1ObjectMeta(name=settings.lease_name))
+    try:
+        await client.CoordinationV1Api(api).create_namespaced_lease(settings.lease_namespace, body, dry_run="All")
+    except ApiException as err:
+        if err.status != 404:
+            return  # the election reports it (403: RBAC; 409: the Lease exists)
+        ns = settings.lease_namespace
+        log.error("leader.namespace_missing", lease=f"{ns}/{settings.lease_name}", error=describe(err))
+        raise LeaseNamespaceMissing(
+            f"the Lease namespace {ns!r} does not exist: create it (kubectl create namespace {ns}; "
+            "`make run` and `make deploy` do) or set FLAG_SCHEDULER_LEASE_NAMESPACE to an existing namespace"
+        ) from None
+    except TRANSPORT_ERRORS:
+        return  # not reachable yet: the election retries and reports
+
+
 class _LeaseLock(LeaseLock):
     """``LeaseLock`` whose ``create`` works with the current generated client."""
 

@@ -15,7 +15,7 @@ from flag_scheduler.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.flag_store import FlagStore
 from flag_scheduler.kube import Kube, api_client
-from flag_scheduler.leader import Leadership
+from flag_scheduler.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.dispatcher import Dispatcher
@@ -50,6 +50,11 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
+        try:
+            await check_lease_namespace(settings, kube.api)
+        except SystemExit:
+            await kube.close()
+            raise
         # The Lease has its own connections: renewals never queue behind flag work or Events.
         runtime = cls(settings, kube, await api_client(pool_size=2))
         if settings.metrics_port:
