@@ -78,7 +78,12 @@ def api_client(control_plane: ControlPlane) -> k8s.ApiClient:
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> None:
     """The project's CRDs from ``crds/``, Established and served."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
+    install(kubectl, REPO / "crds")
+
+
+def install(kubectl: Kubectl, kustomization: Path) -> None:
+    """``kubectl apply -k`` a tree holding the CRDs; return once their resources are served."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(kustomization))
     kubectl("wait", "--for=condition=Established", *CRD_NAMES, "--timeout=60s")
     # Established comes a moment before discovery and the storage serve the new kinds.
     deadline = time.monotonic() + 60

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,3 +219,51 @@ class Cluster:
             if ref.get("namespace") == self.ns and res == resource and (verb is None or e["verb"] == verb):
                 out.append(e)
         return out
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The operator's ``flag_scheduler_*`` samples from its /metrics endpoint."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines() if line.startswith("flag_scheduler_")
+    }
+
+
+class History:
+    """Every version of the schedules in a namespace, as a watch (``kubectl get -w``) delivers them."""
+
+    def __init__(self, cp: ControlPlane, namespace: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(cp.kubectl), f"--kubeconfig={cp.kubeconfig()}", "get", "flagschedules", "-n", namespace,
+             "--watch", "-o", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent,
+        )
+        self._text = ""
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self._text += line
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """The versions of schedule ``name`` seen so far, oldest first."""
+        with self._lock:
+            text = self._text
+        decoder, out, pos = json.JSONDecoder(), [], 0
+        while (start := text.find("{", pos)) != -1:
+            try:
+                obj, pos = decoder.raw_decode(text, start)
+            except ValueError:
+                break  # a version still being written
+            if obj.get("metadata", {}).get("name") == name:
+                out.append(obj)
+        return out
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()

@@ -278,8 +278,10 @@ class ControlPlane:
         except subprocess.TimeoutExpired:
             comp.proc.kill()  # graceful shutdown waits for open watches far longer than a test should
             comp.proc.wait()
+        index = self.components.index(comp)
         self.components.remove(comp)
         self._launch_apiserver(timeout)
+        self.components.insert(index, self.components.pop())  # keep the start order that stop() reverses
 
     def versions(self) -> tuple[str, str]:
         """(kube-apiserver gitVersion, etcd server version) read from the running servers."""

@@ -1,4 +1,4 @@
-"""Fixtures for tests that need the operator's install manifests and its ServiceAccount's identity."""
+"""Fixtures: the operator's install manifests and ServiceAccount identity, an operator per test, refusals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kubernetes import client as k8s
 
 from conftest import REPO, Kubectl
 from controlplane import ControlPlane
-from operator_harness import Cluster, OperatorProcess
+from operator_harness import Cluster, OperatorProcess, wait_for
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
@@ -29,10 +29,45 @@ def operator_manifests(kubectl: Kubectl, crds: None) -> None:
 @pytest.fixture(scope="session")
 def operator_kubeconfig(control_plane: ControlPlane, kubectl: Kubectl, operator_manifests: None) -> Path:
     """A kubeconfig that authenticates as the operator's ServiceAccount (a TokenRequest token)."""
+    return service_account_kubeconfig(control_plane, kubectl)
+
+
+def service_account_kubeconfig(cp: ControlPlane, kubectl: Kubectl) -> Path:
+    """A kubeconfig with a TokenRequest token of the shipped ServiceAccount (``manifests/`` applied)."""
     token = kubectl(
         "create", "token", OPERATOR_SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
     ).stdout.strip()
-    return control_plane.write_token_kubeconfig("operator-sa", token)
+    return cp.write_token_kubeconfig("operator-sa", token)
+
+
+# -- an operator per test, and ways to make the API server refuse or stall its writes -------------
+
+DENY_POLICY = """
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+    resourceRules:
+      - apiGroups: ["flagscheduler.dev"]
+        apiVersions: ["*"]
+        operations: ["UPDATE"]
+        resources: ["featureflags"]
+  validations:
+    - expression: "object.metadata.name != '{flag}' || !({when})"
+      message: "flag {flag} is frozen by policy"
+      reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+"""
 
 
 @pytest.fixture
@@ -50,9 +85,41 @@ def start_operator(
 
     def start(kubeconfig: Path | None = None, log_name: str = "operator.log", **env: str) -> OperatorProcess:
         op = OperatorProcess(kubeconfig or control_plane.kubeconfig(), [namespace], tmp_path / log_name, **env)
-        started.append(op)
+        started.append(op)  # before start: stopped at teardown even if it never logs operator.started
         return op.start()
 
     yield start
     for op in started:
         op.stop()
+
+
+@pytest.fixture
+def deny_updates(kubectl: Kubectl, namespace: str) -> Iterator[Callable[..., Callable[[], None]]]:
+    """Make the API server refuse updates of one flag, for real (ValidatingAdmissionPolicy).
+
+    ``when`` (CEL on the updated ``object``) narrows the refusal, e.g. to one schedule's change;
+    ``probe`` is a merge patch that the policy refuses, used to wait until it takes effect.
+    Returns a function that lifts the policy again.
+    """
+    names: list[str] = []
+
+    def refused(flag: str, probe: str) -> bool:
+        out = kubectl("patch", "featureflag", flag, "-n", namespace, "--type=merge", "-p", probe,
+                      "--dry-run=server", check=False)
+        return "frozen by policy" in out.stderr
+
+    def deny(flag: str, when: str = "true", probe: str = '{"metadata":{"annotations":{"probe":"1"}}}'):
+        name = f"deny-{namespace}-{flag}"
+        kubectl("apply", "-f", "-", input=DENY_POLICY.format(name=name, ns=namespace, flag=flag, when=when))
+        names.append(name)
+        wait_for(lambda: refused(flag, probe), what="the deny policy to take effect")
+
+        def lift() -> None:
+            kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name)
+            wait_for(lambda: not refused(flag, probe), what="the deny policy to be lifted")
+
+        return lift
+
+    yield deny
+    for name in names:
+        kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--ignore-not-found")

@@ -61,12 +61,12 @@ def with_field(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return obj
 
 
-def apply(kubectl: Kubectl, namespace: str, *objs: dict[str, Any], **kw: Any):
+def apply(kubectl: Kubectl, namespace: str, *objs: dict[str, Any], args: tuple[str, ...] = (), **kw: Any):
     """``kubectl apply`` the objects into ``namespace``; the caller checks the result."""
     # A YAML stream, not a v1 List: for a List, kubectl validates client-side and the API server
     # never sees the object.
     stream = "\n---\n".join(json.dumps(obj) for obj in objs)
-    return kubectl("apply", "-n", namespace, "-f", "-", input=stream, check=False, **kw)
+    return kubectl("apply", "-n", namespace, *args, "-f", "-", input=stream, check=False, **kw)
 
 
 def table(text: str) -> list[dict[str, str]]:
@@ -249,6 +249,21 @@ def test_the_good_base_objects_of_the_bad_input_table_are_accepted(
 ) -> None:
     """The control for the table above: only the changed field makes those objects bad."""
     assert apply(kubectl, namespace, flag("bad"), schedule("bad")).returncode == 0
+
+
+@pytest.mark.parametrize("validate", ["warn", "false"])
+def test_unknown_fields_are_pruned_for_clients_that_do_not_ask_for_strict_validation(
+    kubectl: Kubectl, crds: None, namespace: str, validate: str
+) -> None:
+    """``--validate=warn``/``false`` (fieldValidation Warn/Ignore): stored without the unknown fields, never kept."""
+    bad_schedule = with_field(with_field(schedule("pruned"), "spec.updates.foo", 1), "spec.owner", "team-a")
+    bad_flag = with_field(flag("pruned"), "spec.owner", "team-a")
+    result = apply(kubectl, namespace, bad_flag, bad_schedule, args=(f"--validate={validate}",))
+    assert result.returncode == 0, result.stderr
+    if validate == "warn":
+        assert 'unknown field "spec.owner"' in result.stderr and 'unknown field "spec.updates.foo"' in result.stderr
+    assert kubectl.json("get", "fs", "pruned", "-n", namespace)["spec"] == {**SCHEDULE_SPEC, "cancelled": False}
+    assert kubectl.json("get", "ff", "pruned", "-n", namespace)["spec"] == {**FLAG_SPEC}
 
 
 # -- transitions -----------------------------------------------------------------------------

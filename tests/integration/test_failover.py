@@ -1,17 +1,18 @@
-"""Exactly once under failover: three operator processes as deployed, the leader killed again and again.
+"""High availability: exactly once under leader kills and an API server restart, warm followers, clean hand-over.
 
 The operators run as separate OS processes authenticated as the ServiceAccount from ``manifests/``
 (a TokenRequest token), so the RBAC we ship is the RBAC exercised here, and they elect a leader with
 the Lease in ``flag-scheduler-system``. Every count below comes from the API server: the schedules'
-status, the flags' final spec, and the audit log's record of each flag PATCH.
+status, the flags' final spec, and the audit log's record of each flag PATCH. How fast a new leader
+takes over is measured by ``make bench`` (``failover_median_s``), not asserted here.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import statistics
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,9 +21,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
-from controlplane import ControlPlane
-from operator_harness import Cluster, OperatorProcess, in_seconds, parse_time, wait_for
+from conftest import REPO, Kubectl, install
+from controlplane import ControlPlane, free_port
+from operator_harness import Cluster, OperatorProcess, in_seconds, parse_time, scrape_metrics, wait_for
+
+from .conftest import service_account_kubeconfig
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_USER = "system:serviceaccount:flag-scheduler-system:flag-scheduler"
@@ -37,16 +42,17 @@ FAST_ELECTION = {
 class Replicas:
     """Operator processes sharing one Lease; replaces any replica that is killed."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, election: dict[str, str]) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_dir = log_dir
+        self.election = election
         self.lease = f"chaos-{namespace}"
         self.live: dict[str, OperatorProcess] = {}
         self.dead: list[OperatorProcess] = []
         self._serial = 0
 
-    def start_one(self) -> OperatorProcess:
+    def start_one(self, **env: str) -> OperatorProcess:
         self._serial += 1
         identity = f"replica-{self._serial}"
         op = OperatorProcess(
@@ -54,17 +60,20 @@ class Replicas:
             FLAG_SCHEDULER_IDENTITY=identity,
             FLAG_SCHEDULER_LEASE_NAMESPACE=OPERATOR_NAMESPACE,
             FLAG_SCHEDULER_LEASE_NAME=self.lease,
-            **FAST_ELECTION,
-        ).start()
-        self.live[identity] = op
-        return op
+            **self.election, **env,
+        )
+        self.live[identity] = op  # before start: stopped at teardown whatever happens
+        return op.start()
 
-    def holder(self, leases: k8s.CoordinationV1Api) -> str | None:
+    def lease_spec(self, leases: k8s.CoordinationV1Api) -> k8s.V1LeaseSpec | None:
         try:
-            lease = leases.read_namespaced_lease(self.lease, OPERATOR_NAMESPACE)
+            return leases.read_namespaced_lease(self.lease, OPERATOR_NAMESPACE).spec
         except k8s.ApiException:
             return None
-        return lease.spec.holder_identity
+
+    def holder(self, leases: k8s.CoordinationV1Api) -> str | None:
+        spec = self.lease_spec(leases)
+        return spec.holder_identity if spec else None
 
     def kill(self, identity: str) -> None:
         """``kill -9`` one replica (no cleanup, no Lease release) and start a fresh one."""
@@ -85,14 +94,9 @@ class Replicas:
 
 @pytest.fixture
 def replicas(operator_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Replicas]:
-    group = Replicas(operator_kubeconfig, namespace, tmp_path)
+    group = Replicas(operator_kubeconfig, namespace, tmp_path, FAST_ELECTION)
     yield group
     group.stop()
-
-
-@pytest.fixture
-def cluster(api_client: k8s.ApiClient, control_plane: ControlPlane, namespace: str, crds: None) -> Cluster:
-    return Cluster(api_client, control_plane, namespace)
 
 
 def create_workload(cluster: Cluster, flags: int, schedules: int, start: datetime, spread_s: float) -> dict[str, list]:
@@ -125,6 +129,11 @@ def flag_patches(cluster: Cluster, codes: tuple[int, ...] = (200,)) -> list[dict
     ]
 
 
+def all_applied(cluster: Cluster) -> bool:
+    items = cluster.custom.list_namespaced_custom_object("flagscheduler.dev", "v1alpha1", cluster.ns, "flagschedules")
+    return all(s.get("status", {}).get("phase") == "Applied" for s in items["items"])
+
+
 def assert_exactly_once(cluster: Cluster, per_flag: dict[str, list]) -> dict[str, int]:
     """Every schedule Applied, each change on its flag once, the flags in their last state, in order.
 
@@ -154,59 +163,124 @@ def assert_exactly_once(cluster: Cluster, per_flag: dict[str, list]) -> dict[str
 
 
 def test_leader_killed_every_five_seconds_applies_each_schedule_exactly_once(
-    cluster: Cluster, replicas: Replicas, api_client: k8s.ApiClient, record_property: Any
+    cluster: Cluster, replicas: Replicas, api_client: k8s.ApiClient
 ) -> None:
     leases = k8s.CoordinationV1Api(api_client)
     for _ in range(3):
         replicas.start_one()
-    wait_for(lambda: replicas.holder(leases) in replicas.live, 20, what="a leader")
+    wait_for(lambda: replicas.holder(leases) in replicas.live, 30, what="a leader")
     start = in_seconds(12)
     per_flag = create_workload(cluster, flags=50, schedules=500, start=start, spread_s=30)
 
     kills: list[float] = []
-    wait_for(lambda: time.time() >= start.timestamp(), 20, interval=0.05)
-    while time.time() < start.timestamp() + 30:
-        holder = wait_for(lambda: (h := replicas.holder(leases)) in replicas.live and h, 15, what="a live leader")
+    wait_for(lambda: time.time() >= start.timestamp(), 30, interval=0.05)
+    while time.time() < start.timestamp() + 27:  # schedules fall due after every kill
+        holder = wait_for(lambda: (h := replicas.holder(leases)) in replicas.live and h, 30, what="a live leader")
         kills.append(time.time())
         replicas.kill(holder)
         time.sleep(5)
 
-    wait_for(
-        lambda: all(s.get("status", {}).get("phase") == "Applied" for s in cluster.custom.list_namespaced_custom_object(
-            "flagscheduler.dev", "v1alpha1", cluster.ns, "flagschedules")["items"]),
-        120, interval=0.5, what="every schedule Applied",
-    )
-    counts = assert_exactly_once(cluster, per_flag)
-
-    # Failover time: a kill until the next flag change any replica makes.
-    changes = sorted(parse_time(e["requestReceivedTimestamp"]).timestamp() for e in flag_patches(cluster))
-    failovers = [next(c for c in changes if c > k) - k for k in kills if any(c > k for c in changes)]
-    assert len(kills) >= 4 and len(failovers) == len(kills)
-    median = statistics.median(failovers)
-    record_property("failover_median_s", round(median, 2))
-    print(f"\nfailover: {len(kills)} leader kills, leader killed -> next schedule applied: "
-          f"median {median:.2f} s, max {max(failovers):.2f} s; {counts}")
+    wait_for(lambda: all_applied(cluster), 180, interval=0.5, what="every schedule Applied")
+    assert_exactly_once(cluster, per_flag)
+    # After every kill a replica applied something again, and each took the Lease anew.
+    changes = [parse_time(e["requestReceivedTimestamp"]).timestamp() for e in flag_patches(cluster)]
+    assert all(any(c > k for c in changes) for k in kills)
     acquired = [line for line in replicas.log_lines() if line.get("event") == "leader.acquired"]
     assert len(acquired) >= len(kills) + 1
 
 
-def test_apiserver_restart_mid_run_recovers_without_loss_or_double(
-    cluster: Cluster, replicas: Replicas, api_client: k8s.ApiClient, control_plane: ControlPlane
+# Long enough that a hand-over by release is told apart from one by expiry.
+SLOW_ELECTION = {
+    "FLAG_SCHEDULER_LEASE_DURATION_SECONDS": "8",
+    "FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS": "6",
+    "FLAG_SCHEDULER_RETRY_PERIOD_SECONDS": "1",
+}
+
+
+def healthz(port: int) -> int:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
+
+
+def test_followers_stay_warm_and_ready_and_a_clean_stop_hands_the_lease_over(
+    cluster: Cluster, operator_kubeconfig: Path, namespace: str, tmp_path: Path, api_client: k8s.ApiClient
 ) -> None:
     leases = k8s.CoordinationV1Api(api_client)
-    for _ in range(3):
-        replicas.start_one()
-    wait_for(lambda: replicas.holder(leases) in replicas.live, 20, what="a leader")
-    start = in_seconds(8)
-    per_flag = create_workload(cluster, flags=20, schedules=200, start=start, spread_s=20)
+    group = Replicas(operator_kubeconfig, namespace, tmp_path, SLOW_ELECTION)
+    ports = {name: {"FLAG_SCHEDULER_METRICS_PORT": str(free_port()), "FLAG_SCHEDULER_HEALTH_PORT": str(free_port())}
+             for name in ("replica-1", "replica-2")}
+    try:
+        a = group.start_one(**ports["replica-1"])
+        wait_for(lambda: group.holder(leases) == "replica-1", 30, what="replica-1 to lead")
+        b = group.start_one(**ports["replica-2"])
+        metrics = {name: int(env["FLAG_SCHEDULER_METRICS_PORT"]) for name, env in ports.items()}
+        health = {name: int(env["FLAG_SCHEDULER_HEALTH_PORT"]) for name, env in ports.items()}
+        wait_for(lambda: scrape_metrics(metrics["replica-1"])["flag_scheduler_is_leader"] == 1, 30)
+        # A follower is ready (readiness reads /healthz) and says it does not lead.
+        assert healthz(health["replica-2"]) == 200
+        assert scrape_metrics(metrics["replica-2"])["flag_scheduler_is_leader"] == 0
 
-    wait_for(lambda: time.time() >= start.timestamp() + 6, 30, interval=0.05)
-    control_plane.restart_apiserver()  # etcd keeps the data; every watch and the Lease renewal break
+        # The follower learns of a schedule from its own watch while replica-1 leads (and claims it).
+        cluster.flag("ha", enabled=False, rollout=0)
+        cluster.schedule("while-frozen", "ha", in_seconds(4), {"rolloutPercentage": 10})
+        wait_for(lambda: cluster.status("while-frozen").get("claimedBy") == "replica-1", 30, what="replica-1's claim")
+        assert a.proc is not None and b.proc is not None
+        os.kill(a.proc.pid, signal.SIGSTOP)  # the leader hangs: its Lease expires, replica-2 takes over
+        try:
+            status = cluster.wait_phase("while-frozen", "Applied", timeout=60)
+            assert status["claimedBy"] == "replica-2"
+            assert scrape_metrics(metrics["replica-2"])["flag_scheduler_is_leader"] == 1
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        # replica-1 wakes up deposed: it says so, its gauge drops to 0, and it stays ready as a follower.
+        wait_for(lambda: any(line.get("event") == "leader.lost" for line in a.log_lines()), 30, what="leader.lost")
+        wait_for(lambda: scrape_metrics(metrics["replica-1"])["flag_scheduler_is_leader"] == 0, 30)
+        assert healthz(health["replica-1"]) == 200
 
-    wait_for(
-        lambda: all(s.get("status", {}).get("phase") == "Applied" for s in cluster.custom.list_namespaced_custom_object(
-            "flagscheduler.dev", "v1alpha1", cluster.ns, "flagschedules")["items"]),
-        120, interval=0.5, what="every schedule Applied after the restart",
-    )
-    assert_exactly_once(cluster, per_flag)
-    assert all(op.proc is not None and op.proc.poll() is None for op in replicas.live.values()), "a replica died"
+        # A clean stop releases the Lease: replica-1 takes over before replica-2's Lease could expire.
+        renewed = group.lease_spec(leases).renew_time
+        b.stop()
+        assert any(line.get("event") == "leader.released" for line in b.log_lines())
+        wait_for(lambda: group.holder(leases) == "replica-1", 30, what="replica-1 to lead again")
+        acquired = group.lease_spec(leases).acquire_time
+        assert acquired < renewed + timedelta(seconds=8), (renewed, acquired)
+        cluster.schedule("after-handover", "ha", in_seconds(1), {"rolloutPercentage": 20})
+        assert cluster.wait_phase("after-handover", "Applied", timeout=30)["claimedBy"] == "replica-1"
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def own_control_plane() -> Iterator[tuple[ControlPlane, Path]]:
+    """A control plane for one test (one that restarts its API server): manifests applied, the SA's kubeconfig."""
+    with ControlPlane(fsync=False) as cp:
+        kubectl = Kubectl(cp)
+        install(kubectl, REPO / "manifests" / "default")
+        yield cp, service_account_kubeconfig(cp, kubectl)
+
+
+def test_apiserver_restart_mid_run_recovers_without_loss_or_double(
+    own_control_plane: tuple[ControlPlane, Path], tmp_path: Path
+) -> None:
+    """Restarts the API server of its own control plane, so no other test runs against a restarted one."""
+    cp, kubeconfig = own_control_plane
+    api_client = k8s_config.new_client_from_config(config_file=str(cp.kubeconfig()))
+    Kubectl(cp)("create", "namespace", "restart")
+    cluster = Cluster(api_client, cp, "restart")
+    leases = k8s.CoordinationV1Api(api_client)
+    replicas = Replicas(kubeconfig, "restart", tmp_path, FAST_ELECTION)
+    try:
+        for _ in range(3):
+            replicas.start_one()
+        wait_for(lambda: replicas.holder(leases) in replicas.live, 30, what="a leader")
+        start = in_seconds(8)
+        per_flag = create_workload(cluster, flags=20, schedules=200, start=start, spread_s=20)
+
+        wait_for(lambda: time.time() >= start.timestamp() + 6, 30, interval=0.05)
+        cp.restart_apiserver()  # etcd keeps the data; every watch and the Lease renewal break
+
+        wait_for(lambda: all_applied(cluster), 180, interval=0.5, what="every schedule Applied after the restart")
+        assert_exactly_once(cluster, per_flag)
+        assert all(op.proc is not None and op.proc.poll() is None for op in replicas.live.values()), "a replica died"
+    finally:
+        replicas.stop()
+        api_client.close()
