@@ -1,7 +1,9 @@
-"""The bench's cluster: control plane, CRDs, the operator's own identity, bulk object creation, the operator process.
+"""The bench's cluster: control plane, install manifests, the operator's own identity, bulk creation, the operator.
 
-The operator runs as user ``alice`` (bound to cluster-admin here) and the bench as ``admin``, so the
-audit log's ``user.username`` tells the operator's writes from the bench's own.
+The operator runs exactly as deployed: ``manifests/default`` is applied (CRDs, namespace, RBAC) and
+the operator authenticates with a TokenRequest token of the shipped ServiceAccount, so it has the
+shipped permissions and nothing more. The bench itself runs as ``admin``, so the audit log's
+``user.username`` tells the operator's writes from the bench's own.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from controlplane import ControlPlane  # noqa: E402
 
 GROUP, VERSION = "flagscheduler.dev", "v1alpha1"
 FLAGS, SCHEDULES = "featureflags", "flagschedules"
-OPERATOR_USER = "alice"
 LEASE_NAMESPACE = "flag-scheduler-system"  # where the deployed operator keeps its leader-election Lease
+SERVICE_ACCOUNT = "flag-scheduler"
+OPERATOR_USER = f"system:serviceaccount:{LEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
 MERGE = "application/merge-patch+json"
 # Log events that say the operator is up and applying (it elects a leader if it has the code to).
 READY = ("operator.started",) + (("leader.acquired",) if (REPO / "operator/flag_scheduler/leader.py").exists() else ())
@@ -95,6 +98,7 @@ class Cluster:
         self.api: client.ApiClient | None = None
         self.custom: client.CustomObjectsApi | None = None
         self.deleted: list[str] = []  # namespaces deleted so far
+        self.operator_kubeconfig: Path | None = None  # set by install()
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -103,13 +107,9 @@ class Cluster:
         )
 
     def install(self) -> None:
-        """Apply the CRDs, wait until they are served, and make the operator's identity an admin."""
-        crds = REPO / "crds"
-        if (crds / "kustomization.yaml").exists():
-            self.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(crds))
-        else:
-            for path in sorted(crds.glob("*.yaml")):
-                self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        """Apply ``manifests/default`` (CRDs, namespace, RBAC), wait until the CRDs are served, and
+        write a kubeconfig with the operator's ServiceAccount token (``operator_kubeconfig``)."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "default"))
         self.kubectl("wait", "--for=condition=Established", "crd", f"{FLAGS}.{GROUP}", f"{SCHEDULES}.{GROUP}",
                      "--timeout=60s")
         deadline = time.monotonic() + 60
@@ -117,9 +117,8 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("CRDs Established but not served within 60 s")
             time.sleep(0.2)
-        self.kubectl("create", "clusterrolebinding", "bench-operator-admin", "--clusterrole=cluster-admin",
-                     f"--user={OPERATOR_USER}")
-        self.kubectl("create", "namespace", LEASE_NAMESPACE)
+        token = self.kubectl("create", "token", SERVICE_ACCOUNT, "-n", LEASE_NAMESPACE, "--duration=6h").stdout
+        self.operator_kubeconfig = self.cp.write_token_kubeconfig("operator-sa", token.strip())
 
     async def connect(self, pool: int = 256) -> None:
         configuration = client.Configuration()
@@ -202,22 +201,22 @@ class Cluster:
 
 
 class OperatorProcess:
-    """``python -m flag_scheduler`` as its own process, as user alice, watching the given namespaces."""
+    """``python -m flag_scheduler`` as its own process, as the ServiceAccount, watching the given namespaces."""
 
-    def __init__(self, cp: ControlPlane, log_path: Path) -> None:
-        self.cp = cp
+    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+        self.cluster = cluster
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, namespaces: list[str], timeout: float = 60.0, extra_env: dict[str, str] | None = None
-              ) -> psutil.Process:
-        """Start it and wait until it has started and leads; return its psutil handle."""
+    def start(self, namespaces: list[str], timeout: float = 60.0, extra_env: dict[str, str] | None = None,
+              lead: bool = True) -> psutil.Process:
+        """Start it and wait until it has started (and leads, with ``lead``); return its psutil handle."""
         self.stop()
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "operator"), os.environ.get("PYTHONPATH")])),
-            "KUBECONFIG": str(self.cp.kubeconfig(OPERATOR_USER)),
+            "KUBECONFIG": str(self.cluster.operator_kubeconfig),
             "FLAG_SCHEDULER_NAMESPACES": json.dumps(namespaces),
             "FLAG_SCHEDULER_LEASE_NAMESPACE": LEASE_NAMESPACE,
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
@@ -225,11 +224,12 @@ class OperatorProcess:
             "FLAG_SCHEDULER_METRICS_PORT": "0",
             **(extra_env or {}),
         }
+        ready = READY if lead else ("operator.started",)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "flag_scheduler"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not all(mark in self.log_path.read_text(errors="replace")[offset:] for mark in READY):
+        while not all(mark in self.log_path.read_text(errors="replace")[offset:] for mark in ready):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 self.stop()

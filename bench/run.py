@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling  # noqa: E402
+import failover  # noqa: E402
 import pyspy  # noqa: E402
 import report  # noqa: E402
 import seed  # noqa: E402
@@ -47,10 +48,12 @@ class Sizes:
     idle_count: int = 10_000
     idle_flags: int = 1000
     idle_window: float = 60.0
+    failover_kills: int = 8
+    failover_every: float = 5.0
 
 
 QUICK = Sizes(late_count=200, late_spread=20.0, late_lead=6.0, burst_big=None, idle_count=1000, idle_flags=100,
-              idle_window=15.0)
+              idle_window=15.0, failover_kills=3)
 
 
 def say(text: str) -> None:
@@ -62,7 +65,7 @@ async def phases(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -
     cluster = Cluster(cp)
     await asyncio.to_thread(cluster.install)
     await cluster.connect()
-    env = workloads.Env(cluster, AuditLog(cp.audit_log), OperatorProcess(cp, log_dir / "operator.log"), log_dir,
+    env = workloads.Env(cluster, AuditLog(cp.audit_log), OperatorProcess(cluster, log_dir / "operator.log"), log_dir,
                         profile=profile)
     out: dict[str, Any] = {}
     curves: dict[str, Any] = {}
@@ -96,6 +99,8 @@ async def phases(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -
                     asyncio.wait_for(seed.measure(cluster, sizes.seed_batches, 100), 300))
         await phase("idle", f"{sizes.idle_count} schedules due in an hour, {sizes.idle_window:.0f} s window",
                     workloads.idle(env, sizes.idle_count, sizes.idle_flags, sizes.idle_window))
+        await phase("failover", f"3 replicas, the leader killed {sizes.failover_kills} times",
+                    failover.failover(env, sizes.failover_kills, sizes.failover_every))
     finally:
         env.operator.stop()
         load.stop()
@@ -125,6 +130,10 @@ def headline(out: dict[str, Any], sizes: Sizes, quick: bool) -> dict[str, Any]:
         "idle_cpu_percent": out["idle"]["cpu_percent"], "idle_rss_mb": out["idle"]["rss_mb"],
         "idle_requests_per_s": round(out["idle"]["operator_writes_per_s"] + out["idle"]["operator_reads_per_s"], 3),
         "idle_non_lease_requests_per_s": out["idle"]["operator_non_lease_requests_per_s"],
+        "idle_watch_reopens_in_window": out["idle"]["watch_reopens_in_window"],
+        "idle_watch_reopen_every_s": out["idle"]["watch_reopen_every_s"],
+        "failover_median_s": out["failover"]["failover_median_s"], "failover_max_s": out["failover"]["failover_max_s"],
+        "failover_doubled": out["failover"]["doubled"], "failover_lost": out["failover"]["lost"],
     }
 
 

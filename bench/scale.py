@@ -189,7 +189,7 @@ async def measure(quick: bool) -> dict[str, Any]:
         cluster = Cluster(cp)
         await asyncio.to_thread(cluster.install)
         await cluster.connect()
-        operator = OperatorProcess(cp, RESULTS / "logs" / "operator-scale.log")
+        operator = OperatorProcess(cluster, RESULTS / "logs" / "operator-scale.log")
         try:
             sizes = (10_000, 1_000, 100) if quick else (100_000, 10_000, 1_000)
             hist = await history(cluster, operator, *sizes)

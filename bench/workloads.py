@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from kubernetes.aio import client
 
 from audit import AuditLog, Due, apply_breakdown, applied_times, flag_patch_lateness, summary, writes_per_schedule
-from cluster import FLAGS, GROUP, SCHEDULES, Cluster, OperatorProcess, flag_body, parse_time, schedule_body
+from cluster import FLAGS, GROUP, REPO, SCHEDULES, Cluster, OperatorProcess, flag_body, parse_time, schedule_body
 from pyspy import Profile
 
 
@@ -79,19 +79,6 @@ def _dues(created: list[dict[str, Any]]) -> list[Due]:
             for s in created]
 
 
-# Events the operator posts when a schedule reaches an outcome at (or after) its due time.
-DUE_TIME_REASONS = {"Applied", "Retrying", "Failed", "Missed", "Cancelled"}
-
-
-async def _operator_events(env: Env, namespace: str) -> tuple[int, int]:
-    """(Events the operator posted about due-time outcomes, all Events it posted) in the namespace."""
-    core = client.CoreV1Api(env.cluster.api)
-    items = (await core.list_namespaced_event(namespace)).items
-    ours = [e for e in items if (e.source and e.source.component == "flag-scheduler") or
-            (e.reporting_component or "").endswith("flag-scheduler")]
-    return sum(1 for e in ours if e.reason in DUE_TIME_REASONS), len(ours)
-
-
 async def _wait_applied(env: Env, namespace: str, dues: list[Due], timeout: float) -> list[float]:
     """Wait until every schedule is Applied; return the sorted times the audit log says they became so.
 
@@ -134,18 +121,18 @@ async def lateness(env: Env, count: int, spread: float, flags: int, lead: float)
               for i in range(count)]
     t0 = time.time()
     dues = _dues(await env.cluster.create_many(ns, SCHEDULES, bodies))
+    env.audit.require_created(ns, SCHEDULES, [d.name for d in dues])
     first_sight_done = await _wait_quiet(env, ns, count, quiet=1.0, timeout=lead)
     env.first_sight_writes_per_s = len(env.audit.by_operator(ns)) / max(0.1, first_sight_done - t0)
     done = await _wait_applied(env, ns, dues, timeout=lead + spread + 120)
     await asyncio.sleep(1.0)  # trailing Events
     writes = env.audit.by_operator(ns)
     late = flag_patch_lateness(writes, dues)
-    events_hot, events_all = await _operator_events(env, ns)
     result = {
         "count": count, "spread_s": spread, "flags": flags, "applied": len(done),
         "first_sight_finished_before_first_due": first_sight_done < min(d.at for d in dues),
         "lateness_done_s": summary(late["done"]), "lateness_received_s": summary(late["received"]),
-        "writes": writes_per_schedule(writes, dues, events_hot, events_all),
+        "writes": writes_per_schedule(writes, dues),
         **sampler.stop(),
     }
     result["delete_s"] = await env.end(ns)
@@ -170,6 +157,7 @@ async def burst(env: Env, count: int, flags: int) -> dict[str, Any]:
     uids = [f["metadata"]["uid"] for f in made]
     bodies = [schedule_body(f"s-{i:05d}", f"flag-{i % flags}", due, i % 101, uids[i % flags]) for i in range(count)]
     dues = _dues(await env.cluster.create_many(ns, SCHEDULES, bodies))
+    env.audit.require_created(ns, SCHEDULES, [d.name for d in dues])
     first_sight_done = await _wait_quiet(env, ns, count, quiet=1.0, timeout=max(0.0, at - time.time() - 0.5))
     slack = at - time.time()
     proc = psutil.Process(env.operator.proc.pid)
@@ -183,7 +171,6 @@ async def burst(env: Env, count: int, flags: int) -> dict[str, Any]:
     writes = env.audit.by_operator(ns)
     items = await env.cluster.list_schedules(ns)
     phases = sorted({(i.get("status") or {}).get("phase", "") for i in items})
-    events_hot, events_all = await _operator_events(env, ns)
     elapsed = max(done) - at if len(done) == count else None
     result = {
         "count": count, "flags": flags, "setup_slack_s": round(slack, 1),
@@ -194,12 +181,18 @@ async def burst(env: Env, count: int, flags: int) -> dict[str, Any]:
         "seconds": round(elapsed, 3) if elapsed is not None else None,
         "per_s": round(count / elapsed, 1) if elapsed else None,
         "first_write_after_due_s": round(min((w.received for w in writes if w.received >= at), default=at) - at, 3),
-        "writes": writes_per_schedule(writes, dues, events_hot, events_all),
+        "writes": writes_per_schedule(writes, dues),
         "time_split": apply_breakdown(writes, dues, at),
         **stats,
     }
     result["delete_s"] = await env.end(ns)
     return {"result": result, "progress": [t - at for t in done]}
+
+
+def kopf_server_timeout() -> float:
+    """The watch server timeout the operator sets at startup (handlers.py), in seconds."""
+    source = (REPO / "operator" / "flag_scheduler" / "handlers.py").read_text()
+    return float(re.search(r"settings\.watching\.server_timeout = (\d+)", source).group(1))
 
 
 async def idle(env: Env, count: int, flags: int, window: float) -> dict[str, Any]:
@@ -211,6 +204,7 @@ async def idle(env: Env, count: int, flags: int, window: float) -> dict[str, Any
     t0 = time.time()
     bodies = [schedule_body(f"s-{i:05d}", f"flag-{i % flags}", due, i % 101) for i in range(count)]
     await env.cluster.create_many(ns, SCHEDULES, bodies)
+    env.audit.require_created(ns, SCHEDULES, [b["metadata"]["name"] for b in bodies])
     last_first_sight = await _wait_quiet(env, ns, count, quiet=3.0)
     await env.cluster.wait_namespaces_gone()
     first_sight = env.audit.by_operator(ns)
@@ -230,8 +224,13 @@ async def idle(env: Env, count: int, flags: int, window: float) -> dict[str, Any
         "cpu_percent": round(100 * (cpu1 - cpu0) / (w1 - w0), 2),
         "rss_mb": round(proc.memory_info().rss / 2**20, 1),
         "operator_writes_per_s": round(len(writes) / (w1 - w0), 3),
+        # Beyond the Lease, and apart from watch re-opens (reported below): writes, GETs and LISTs.
         "operator_non_lease_requests_per_s": round((sum(1 for w in writes if w.resource != "leases") + sum(
-            v for k, v in reads.items() if k.split()[1] == GROUP)) / (w1 - w0), 3),
+            v for k, v in reads.items() if k.split()[1] == GROUP and k.split()[0] != "WATCH")) / (w1 - w0), 3),
+        # A watch is counted when it ends; Kopf re-opens each at once, every server_timeout seconds.
+        "watch_reopens_in_window": sum(v for k, v in reads.items() if k.split()[:2] == ["WATCH", GROUP]),
+        "watch_reopen_every_s": kopf_server_timeout(),
+        "watches": 2,  # flags and schedules, in the one watched namespace
         # apiserver_request_total deltas of every client (the bench sends none in the window);
         # only the operator reads flagscheduler.dev then, so those reads are its own.
         "all_requests_in_window": reads,

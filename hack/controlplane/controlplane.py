@@ -8,8 +8,9 @@ directory, with:
 - RBAC authorization and static bearer tokens: ``admin`` (``system:masters``) and the non-admin
   identities in ``USERS`` for RBAC tests;
 - a service-account signing key, so TokenRequest works;
-- an audit log (``audit.log`` in the directory, JSON lines, written synchronously) recording every
-  write to the ``flagscheduler.dev`` group and to leases: verb, resource, name, user, code;
+- an audit log (``audit.log`` in the directory, JSON lines, written synchronously, never rotated)
+  recording every write to the ``flagscheduler.dev`` group, to leases and to core Events: verb,
+  resource, name, user, code;
 - kube-controller-manager with the garbage collector, namespace, service-account and
   cluster-role aggregation controllers.
 
@@ -55,8 +56,13 @@ rules:
       - group: "flagscheduler.dev"
       - group: "coordination.k8s.io"
         resources: ["leases"]
+      - group: ""
+        resources: ["events"]
   - level: None
 """
+# The audit log's writer rotates at --audit-log-maxsize megabytes, and 0 means its default of 100 MB,
+# not "never": a size no run reaches keeps every record in the one file readers follow.
+AUDIT_LOG_MAX_MB = 1 << 20
 STATE_FILE = Path(os.environ.get("FLAG_SCHEDULER_CLUSTER_STATE", HERE.parents[1] / ".cluster" / "state.json"))
 
 
@@ -388,7 +394,7 @@ class ControlPlane:
                 f"--audit-log-path={d / 'audit.log'}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
-                "--audit-log-maxsize=0",
+                f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
                 "--v=1",
             ],
         )

@@ -61,6 +61,7 @@ def test_schedule_applied_on_time(cluster: Cluster, start_operator: Callable[...
     assert len(cluster.audit("flagschedules", "patch")) == 1
     assert len(cluster.audit("flagschedules/status", "patch")) == 2
     assert len(cluster.audit("featureflags/status", "patch")) == 0
+    assert len(cluster.audit("events", "create")) == 1
 
 
 def test_cancel_before_due(cluster: Cluster, start_operator: Callable[..., OperatorProcess]) -> None:

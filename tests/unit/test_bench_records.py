@@ -1,0 +1,61 @@
+"""The bench's bookkeeping: the audit log reader refuses to undercount, and the README's table is rendered, not typed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import readme_table  # noqa: E402
+from audit import AuditIncomplete, AuditLog  # noqa: E402
+
+
+def record(verb: str, resource: str, name: str, code: int, namespace: str = "ns") -> str:
+    return json.dumps({
+        "stage": "ResponseComplete", "verb": verb, "requestURI": f"/apis/x/{resource}",
+        "objectRef": {"resource": resource, "namespace": namespace, "name": name},
+        "user": {"username": "admin"}, "responseStatus": {"code": code},
+        "requestReceivedTimestamp": "2026-11-25T10:00:00.000000Z", "stageTimestamp": "2026-11-25T10:00:00.010000Z",
+    }) + "\n"
+
+
+def test_audit_reader_follows_appends_and_stops_on_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text(record("create", "flagschedules", "a", 201))
+    log = AuditLog(path)
+    assert [w.name for w in log.refresh()] == ["a"]
+    with open(path, "a") as f:
+        f.write(record("create", "flagschedules", "b", 201))
+    assert [w.name for w in log.refresh()] == ["a", "b"]
+    path.rename(tmp_path / "audit-1.log")  # what the API server's log writer does when it rotates
+    path.write_text(record("create", "flagschedules", "c", 201))
+    with pytest.raises(AuditIncomplete, match="rotated or truncated"):
+        log.refresh()
+
+
+def test_audit_reader_stops_when_a_created_schedule_has_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text(record("create", "flagschedules", "a", 201) + record("create", "flagschedules", "b", 409))
+    log = AuditLog(path)
+    log.require_created("ns", "flagschedules", ["a"])
+    with pytest.raises(AuditIncomplete, match="1 of 2 flagschedules created in ns have no audit record"):
+        log.require_created("ns", "flagschedules", ["a", "b"])
+
+
+def test_readme_performance_table_is_rendered_from_the_published_run() -> None:
+    published = json.loads(readme_table.PUBLISHED.read_text())
+    readme = readme_table.README.read_text()
+    assert readme_table.readme_with(readme_table.render(published), readme) == readme, \
+        "README's Performance table differs from bench/published.json: run bench/readme_table.py"
+
+
+def test_a_phase_the_run_skipped_reads_not_run() -> None:
+    published = json.loads(readme_table.PUBLISHED.read_text())
+    skipped = {**published, "burst_10k_s": None, "burst_10k_per_s": None, "failover_median_s": None}
+    table = readme_table.render(skipped)
+    assert "| not run (quick) |" in table and "not run / " in table
