@@ -1,8 +1,9 @@
 """Isolation under writes that hang: a failing flag holds one slot for one attempt, never the others.
 
 A validating webhook that never answers (a socket that accepts connections and never speaks TLS)
-makes the API server hold each PATCH of the chosen flags until the webhook's ``timeoutSeconds``,
-then refuse it: a slow path, for real. With ``FLAG_SCHEDULER_MAX_CONCURRENCY=2`` the audit log
+makes the API server hold each PATCH of the chosen flags until the webhook's ``timeoutSeconds``
+(at most 10 s: the API server's webhook client gives up a TLS handshake after 10 s), then refuse
+it: a slow path, for real. With ``FLAG_SCHEDULER_MAX_CONCURRENCY=2`` the audit log
 shows which requests were in flight together.
 """
 
@@ -85,7 +86,7 @@ def most_in_flight(requests: list[tuple[datetime, datetime, Any]]) -> int:
 def test_a_hanging_flag_holds_one_slot_and_the_others_apply_meanwhile(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], hanging_webhook: Callable[[int], None]
 ) -> None:
-    hanging_webhook(20)
+    hanging_webhook(10)
     start_operator(FLAG_SCHEDULER_MAX_CONCURRENCY="2", FLAG_SCHEDULER_MAX_RETRIES="5")
     hanging_flag(cluster, "bad")
     for i in range(10):
