@@ -45,7 +45,8 @@ class Replicas:
         identity = f"replica-{self.serial}"
         op = OperatorProcess(self.env.cluster, self.env.log_dir / f"operator-failover-{identity}.log")
         self.live[identity] = op
-        env = {"FLAG_SCHEDULER_IDENTITY": identity, "FLAG_SCHEDULER_LEASE_NAME": LEASE, **ELECTION}
+        env = {"FLAG_SCHEDULER_IDENTITY": identity, "FLAG_SCHEDULER_LEASE_NAME": LEASE, **ELECTION,
+               "FLAG_SCHEDULER_SYNC_PORT": "0", "FLAG_SCHEDULER_OFREP_PORT": "0"}  # three on one machine
         await asyncio.to_thread(op.start, [self.namespace], extra_env=env, lead=False)
 
     async def holder(self) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from controlplane import _die_with_parent
+from controlplane import _die_with_parent, free_port
 from operator_harness import wait_for
 
 README = (REPO / "README.md").read_text()
@@ -117,9 +117,11 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
     assert "serverside-applied" in c.make("install").stdout
     c.kubectl("get", "crd", "featureflags.flagscheduler.dev", "flagschedules.flagscheduler.dev")
 
+    # Its ports are free ones: other runs on this machine may hold the defaults.
+    ports = {f"FLAG_SCHEDULER_{p}_PORT": str(free_port()) for p in ("HEALTH", "METRICS", "SYNC", "OFREP")}
     # Without its Lease namespace the operator stops at once and says what to do.
-    bare = subprocess.run([str(REPO / ".venv/bin/flag-scheduler")], env=c.env, capture_output=True, text=True,
-                          timeout=60)
+    bare = subprocess.run([str(REPO / ".venv/bin/flag-scheduler")], env={**c.env, **ports}, capture_output=True,
+                          text=True, timeout=60)
     assert bare.returncode != 0
     assert "the Lease namespace 'flag-scheduler-system' does not exist: create it" in bare.stderr, bare.stderr
     assert "FLAG_SCHEDULER_LEASE_NAMESPACE" in bare.stderr
@@ -127,8 +129,8 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
     # `make run` creates that namespace and runs the operator; the README's manifest is applied on time.
     log = Path(c.state_file.parent / "run.log")
     with open(log, "wb") as out:
-        run = subprocess.Popen(["make", "-s", "run"], cwd=REPO, env=c.env, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True, preexec_fn=_die_with_parent)
+        run = subprocess.Popen(["make", "-s", "run"], cwd=REPO, env={**c.env, **ports}, stdout=out,
+                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         wait_for(lambda: "leader.acquired" in log.read_text() or run.poll() is not None, 60,
                  what="make run to start leading")
