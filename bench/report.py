@@ -24,8 +24,9 @@ ROWS: list[tuple[str, str, str, Any, str]] = [
     ("burst_10k_per_s", "burst 10k rate", "/s", None, ""),
     ("ceiling_per_s", "ceiling (plain client, same N)", "/s", None, ""),
     ("burst_ratio_to_ceiling", "burst rate / ceiling", "", lambda v: v >= 0.5, ">= 0.5"),
-    ("writes_hot_path", "writes per schedule at due time", "", lambda v: v <= 2, "<= 2"),
-    ("writes_lifetime", "writes per schedule over its life", "", lambda v: v <= 4, "<= 4"),
+    # DESIGN §3.6: flag PATCH + schedule status + the Normal Event at the due time; first sight adds 2.
+    ("writes_hot_path", "writes per schedule at due time", "", lambda v: v <= 3, "<= 3"),
+    ("writes_lifetime", "writes per schedule over its life", "", lambda v: v <= 5, "<= 5"),
     ("idle_cpu_percent", "idle CPU", "%", lambda v: v < 2, "< 2 %"),
     ("idle_rss_mb", "idle RSS", "MB", lambda v: v < 250, "< 250 MB"),
     ("idle_requests_per_s", "idle API requests (lease incl.)", "/s", None, ""),
