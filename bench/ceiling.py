@@ -18,10 +18,14 @@ from cluster import FLAGS, GROUP, MERGE, SCHEDULES, VERSION, Cluster, flag_body,
 NAMESPACE = "bench-ceiling"
 
 
+# appliedAt may be set once (a status rule); later rounds on the same schedules change the message.
+APPLIED_AT = rfc3339(datetime.now(UTC))
+
+
 def _status(now: str) -> dict[str, Any]:
-    condition = {"type": "Applied", "status": "True", "reason": "Applied", "message": "FeatureFlag updated",
-                 "lastTransitionTime": now, "observedGeneration": 1}
-    return {"status": {"phase": "Applied", "appliedAt": now, "observedGeneration": 1, "retryCount": 0,
+    condition = {"type": "Applied", "status": "True", "reason": "Applied", "message": f"FeatureFlag updated {now}",
+                 "lastTransitionTime": APPLIED_AT, "observedGeneration": 1}
+    return {"status": {"phase": "Applied", "appliedAt": APPLIED_AT, "observedGeneration": 1, "retryCount": 0,
                        "nextRetryAt": None, "conditions": [condition]}}
 
 
