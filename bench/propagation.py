@@ -160,7 +160,7 @@ async def run_phases(cp: ControlPlane, sizes: Sizes, log_dir: Path) -> dict[str,
     # cluster.OperatorProcess passes our environment on: the serving ports and address go that way.
     os.environ.update(FLAG_SCHEDULER_SYNC_PORT=str(ports["sync"]), FLAG_SCHEDULER_OFREP_PORT=str(ports["ofrep"]),
                       FLAG_SCHEDULER_SERVE_ADDRESS="127.0.0.1")
-    operator = OperatorProcess(cp, log_dir / "propagation-operator.log")
+    operator = OperatorProcess(cluster, log_dir / "propagation-operator.log")
     out: dict[str, Any] = {}
     try:
         for protocol, n in PHASES:
