@@ -27,8 +27,8 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.apply import apply_schedule
 from flag_scheduler.context import Ctx, StandDown, StatusWriteFailed
-from flag_scheduler.settle import cancel_schedule, miss_schedule
-from flag_scheduler.finished import delete_expired, fence_suspect, reject_unreadable
+from flag_scheduler.settle import cancel_schedule, fence, miss_schedule
+from flag_scheduler.finished import delete_expired, reject_unreadable
 from flag_scheduler.book import Key
 from flag_scheduler.housekeeping import tidy_schedule
 from flag_scheduler.kube import describe
@@ -148,7 +148,7 @@ class Dispatcher:
         while book.suspects:
             key, claimant = book.suspects.popitem(last=False)
             if claimant != me:  # a claim of this replica's cannot be in a deposed leader's hands
-                self._spawn(fence_suspect(self.ctx, key), "fence")
+                self._spawn(fence(self.ctx, key), "fence")
         for expiry in book.pop_expired(now):
             self._spawn(delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):

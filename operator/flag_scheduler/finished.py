@@ -16,16 +16,10 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import metrics
 from flag_scheduler.context import Ctx
-from flag_scheduler.settle import fence
 from flag_scheduler.book import Expiry, Unreadable
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339
-
-
-async def fence_suspect(ctx: Ctx, key: tuple[str, str]) -> None:
-    """Fence a flag that a deposed leader may still be patching (see ``Book.suspects``)."""
-    await fence(ctx, key)
 
 
 async def delete_expired(ctx: Ctx, expiry: Expiry) -> None:

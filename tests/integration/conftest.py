@@ -55,10 +55,10 @@ spec:
       - apiGroups: ["flagscheduler.dev"]
         apiVersions: ["*"]
         operations: ["UPDATE"]
-        resources: ["featureflags"]
+        resources: ["{resource}"]
   validations:
     - expression: "object.metadata.name != '{flag}' || !({when})"
-      message: "flag {flag} is frozen by policy"
+      message: "{message}"
       reason: Forbidden
 ---
 apiVersion: admissionregistration.k8s.io/v1
@@ -110,7 +110,9 @@ def deny_updates(kubectl: Kubectl, namespace: str) -> Iterator[Callable[..., Cal
 
     def deny(flag: str, when: str = "true", probe: str = '{"metadata":{"annotations":{"probe":"1"}}}'):
         name = f"deny-{namespace}-{flag}"
-        kubectl("apply", "-f", "-", input=DENY_POLICY.format(name=name, ns=namespace, flag=flag, when=when))
+        kubectl("apply", "-f", "-", input=DENY_POLICY.format(
+            name=name, ns=namespace, resource="featureflags", flag=flag, when=when,
+            message=f"flag {flag} is frozen by policy"))
         names.append(name)
         wait_for(lambda: refused(flag, probe), what="the deny policy to take effect")
 

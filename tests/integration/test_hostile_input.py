@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO, Kubectl
+from integration.conftest import DENY_POLICY
 from controlplane import free_port
 from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, parse_time, rfc3339, wait_for
 
@@ -123,32 +124,6 @@ def test_stored_schedules_the_operator_cannot_read_fail_as_invalid_spec_and_harm
     assert cluster.get_flag("victim")["spec"] == {"enabled": False, "rolloutPercentage": 60}
 
 
-DENY_STATUS = """
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {{name: {name}}}
-spec:
-  failurePolicy: Fail
-  matchConstraints:
-    namespaceSelector:
-      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
-    resourceRules:
-      - apiGroups: ["flagscheduler.dev"]
-        apiVersions: ["*"]
-        operations: ["UPDATE"]
-        resources: ["flagschedules/status"]
-  validations:
-    - expression: "object.metadata.name != 'blocked'"
-      message: "status writes of blocked are refused by policy"
-      reason: Forbidden
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {{name: {name}}}
-spec:
-  policyName: {name}
-  validationActions: [Deny]
-"""
 
 
 def metric(port: int, name: str) -> float:
@@ -160,7 +135,9 @@ def test_a_refused_status_write_backs_off_and_is_visible(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], kubectl: Kubectl
 ) -> None:
     policy = f"deny-status-{cluster.ns}"
-    kubectl("apply", "-f", "-", input=DENY_STATUS.format(name=policy, ns=cluster.ns))
+    kubectl("apply", "-f", "-", input=DENY_POLICY.format(
+        name=policy, ns=cluster.ns, resource="flagschedules/status", flag="blocked", when="true",
+        message="status writes of blocked are refused by policy"))
     try:
         cluster.flag("stuck", enabled=False)
         cluster.flag("free", enabled=False)
