@@ -132,3 +132,17 @@ def test_spec_retry_overrides_the_defaults_field_by_field(
     assert load_settings().retry_limits(policy) == expected
     if override == (None, None, None):
         assert load_settings().retry_limits(None) == expected  # no spec.retry at all
+
+
+def test_an_unknown_failpoint_stops_the_process_naming_the_variable(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FLAG_SCHEDULER_FAILPOINTS", "apply.before-flag-patch,apply.typo")
+    with pytest.raises(SystemExit, match="FLAG_SCHEDULER_FAILPOINTS.*apply.typo"):
+        load_settings()
+
+
+def test_failpoints_are_off_unless_named(clean_env: pytest.MonkeyPatch) -> None:
+    from flag_scheduler import failpoints
+
+    assert Settings().failpoints == ""
+    failpoints.arm(failpoints.parse(Settings().failpoints))
+    failpoints.reach("apply.before-flag-patch")  # unarmed: returns at once, the process is not stopped
