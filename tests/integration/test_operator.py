@@ -59,7 +59,9 @@ def test_schedule_applied_on_time(cluster: Cluster, start_operator: Callable[...
     # the schedule, the ownerReference, the claim and the Applied status; no flag status; one Event.
     assert [e["responseStatus"]["code"] for e in cluster.audit("featureflags", "patch")] == [200]
     assert len(cluster.audit("flagschedules", "patch")) == 1
-    assert len(cluster.audit("flagschedules/status", "patch")) == 2
+    # Writes that landed: a status write refused with 409 (a conflict, retried) changes nothing.
+    landed = [e for e in cluster.audit("flagschedules/status", "patch") if e["responseStatus"]["code"] == 200]
+    assert len(landed) == 2
     assert len(cluster.audit("featureflags/status", "patch")) == 0
     assert len(cluster.audit("events", "create")) == 1
 
