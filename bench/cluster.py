@@ -37,7 +37,7 @@ SERVICE_ACCOUNT = "flag-scheduler"
 OPERATOR_USER = f"system:serviceaccount:{LEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
 MERGE = "application/merge-patch+json"
 # Log events that say the operator is up and applying (it elects a leader if it has the code to).
-READY = ("operator.started",) + (("leader.acquired",) if (REPO / "operator/flag_scheduler/leader.py").exists() else ())
+READY = ("operator.started",) + (("leader.acquired",) if any((REPO / "operator/flag_scheduler").rglob("leader.py")) else ())
 RETRYABLE = (429, 500, 502, 503, 504)
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 

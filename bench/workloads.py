@@ -191,7 +191,7 @@ async def burst(env: Env, count: int, flags: int) -> dict[str, Any]:
 
 def kopf_server_timeout() -> float:
     """The watch server timeout the operator sets at startup (handlers.py), in seconds."""
-    source = (REPO / "operator" / "flag_scheduler" / "handlers.py").read_text()
+    source = (REPO / "operator" / "flag_scheduler" / "scheduling" / "handlers.py").read_text()
     return float(re.search(r"settings\.watching\.server_timeout = (\d+)", source).group(1))
 
 

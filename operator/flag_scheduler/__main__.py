@@ -14,7 +14,7 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     failpoints.arm(failpoints.parse(settings.failpoints))
-    import flag_scheduler.handlers  # noqa: F401  (registers the handlers)
+    import flag_scheduler.scheduling.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
         standalone=True,  # Kopf's peering would pause equal peers; leadership is our own Lease

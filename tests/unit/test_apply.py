@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from fake_kube import FakeKube
-from flag_scheduler.apply import apply_schedule
-from flag_scheduler.context import Ctx, StandDown
-from flag_scheduler.settle import cancel_schedule
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling.apply import apply_schedule
+from flag_scheduler.scheduling.context import Ctx, StandDown
+from flag_scheduler.scheduling.settle import cancel_schedule
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.dispatcher import Dispatcher
+from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Phase
 
 NS = "ns"
@@ -222,7 +222,7 @@ def test_the_heap_stays_the_size_of_the_plans(kube: FakeKube, ctx: Ctx) -> None:
 async def test_a_ghost_schedule_is_forgotten_at_first_sight_instead_of_retried_forever(
     kube: FakeKube, ctx: Ctx
 ) -> None:
-    from flag_scheduler.housekeeping import tidy_schedule
+    from flag_scheduler.scheduling.housekeeping import tidy_schedule
 
     add_flag(kube, ctx)
     ghost = add_schedule(kube, ctx)  # unowned: first sight owes it an ownerReference

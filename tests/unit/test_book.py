@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.models import Phase
 
 NS = "team-a"

@@ -12,12 +12,13 @@ import kopf
 import pytest
 
 from fake_kube import FakeKube
-from flag_scheduler import dispatcher as dispatcher_module
-from flag_scheduler import handlers, leader, metrics
-from flag_scheduler.context import EVENT_BACKLOG, Ctx
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling import dispatcher as dispatcher_module
+from flag_scheduler import metrics
+from flag_scheduler.scheduling import handlers, leader
+from flag_scheduler.scheduling.context import EVENT_BACKLOG, Ctx
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.dispatcher import Dispatcher
+from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
 from flag_scheduler.models import ObjectRef
 

@@ -15,7 +15,7 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
-from flag_scheduler.flag_definitions import (
+from flag_scheduler.serving.flag_definitions import (
     flag_configuration,
     flag_definition,
     namespace_problem,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flag_scheduler.flag_store import FlagStore
+from flag_scheduler.serving.flag_store import FlagStore
 
 
 def flag(name: str, enabled: bool = True, rollout: int = 100, ns: str = "team-a", uid: str = "u1", **meta: Any) -> dict:

@@ -19,14 +19,14 @@ import pytest
 from kubernetes.aio.client.exceptions import ApiException
 
 from fake_kube import FakeKube, _error
-from flag_scheduler.apply import apply_schedule, land_change
-from flag_scheduler.context import Ctx, StandDown
-from flag_scheduler.settle import cancel_schedule
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling.apply import apply_schedule, land_change
+from flag_scheduler.scheduling.context import Ctx, StandDown
+from flag_scheduler.scheduling.settle import cancel_schedule
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.dispatcher import Dispatcher
-from flag_scheduler.finished import reject_unreadable
-from flag_scheduler.housekeeping import tidy_schedule
+from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.scheduling.finished import reject_unreadable
+from flag_scheduler.scheduling.housekeeping import tidy_schedule
 from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule
 
 NS = "ns"

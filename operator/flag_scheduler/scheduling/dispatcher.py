@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flag_scheduler import metrics
-from flag_scheduler.apply import apply_schedule
-from flag_scheduler.context import Ctx, StandDown, StatusWriteFailed
-from flag_scheduler.settle import cancel_schedule, fence, miss_schedule
-from flag_scheduler.finished import delete_expired, reject_unreadable
-from flag_scheduler.book import Key
-from flag_scheduler.housekeeping import tidy_schedule
+from flag_scheduler.scheduling.apply import apply_schedule
+from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
+from flag_scheduler.scheduling.settle import cancel_schedule, fence, miss_schedule
+from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
+from flag_scheduler.scheduling.book import Key
+from flag_scheduler.scheduling.housekeeping import tidy_schedule
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339

@@ -14,9 +14,10 @@ from typing import Any
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler import metrics, status
-from flag_scheduler.book import flag_key
-from flag_scheduler.context import (
+from flag_scheduler import metrics
+from flag_scheduler.scheduling import status
+from flag_scheduler.scheduling.book import flag_key
+from flag_scheduler.scheduling.context import (
     CONFLICT_ATTEMPTS,
     ApplyFailure,
     Ctx,

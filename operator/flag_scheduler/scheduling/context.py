@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import metrics
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
 from flag_scheduler.logs import get_logger

@@ -23,8 +23,8 @@ from aiohttp import web
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode, OpenFeatureError
 
-from flag_scheduler.flag_definitions import namespace_problem
-from flag_scheduler.flag_store import FlagStore, Snapshot
+from flag_scheduler.serving.flag_definitions import namespace_problem
+from flag_scheduler.serving.flag_store import FlagStore, Snapshot
 from flag_scheduler.logs import get_logger
 from flag_scheduler.metrics import OFREP_REQUESTS
 

@@ -12,10 +12,10 @@ from aiohttp import web
 from grpc import aio
 
 from flag_scheduler.config import Settings
-from flag_scheduler.flag_store import FlagStore
+from flag_scheduler.serving.flag_store import FlagStore
 from flag_scheduler.logs import get_logger
-from flag_scheduler.ofrep_server import start_ofrep_server
-from flag_scheduler.sync_server import start_sync_server
+from flag_scheduler.serving.ofrep import start_ofrep_server
+from flag_scheduler.serving.sync import start_sync_server
 
 log = get_logger()
 

@@ -22,7 +22,7 @@ import pydantic
 
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import TERMINAL, FeatureFlag, FlagSchedule, ObjectRef, parse_time
-from flag_scheduler.queues import FlagQueue
+from flag_scheduler.scheduling.queues import FlagQueue
 
 Key = tuple[str, str]  # (namespace, name)
 TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)

@@ -22,8 +22,8 @@ from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
-from flag_scheduler.flag_definitions import selected_namespace
-from flag_scheduler.flag_store import FlagStore
+from flag_scheduler.serving.flag_definitions import selected_namespace
+from flag_scheduler.serving.flag_store import FlagStore
 from flag_scheduler.logs import get_logger
 from flag_scheduler.metrics import SYNC_PUSHES, SYNC_STREAMS
 

@@ -10,16 +10,16 @@ from typing import Any
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
-from flag_scheduler.context import Ctx
-from flag_scheduler.book import Book
+from flag_scheduler.scheduling.context import Ctx
+from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.flag_store import FlagStore
+from flag_scheduler.serving.flag_store import FlagStore
 from flag_scheduler.kube import Kube, api_client
-from flag_scheduler.leader import Leadership, check_lease_namespace
+from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
-from flag_scheduler.dispatcher import Dispatcher
-from flag_scheduler.serving import Serving
+from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.serving.servers import Serving
 
 log = get_logger()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from openfeature.contrib.tools.flagd.core import FlagdCore
 
-from flag_scheduler.flag_definitions import flag_configuration, flag_definition, render
+from flag_scheduler.serving.flag_definitions import flag_configuration, flag_definition, render
 from flag_scheduler.logs import get_logger
 
 log = get_logger()

@@ -12,7 +12,7 @@ import kopf
 
 from flag_scheduler.kube import PAGE_SIZE
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
-from flag_scheduler.runtime import Runtime
+from flag_scheduler.scheduling.runtime import Runtime
 
 
 @kopf.on.startup()

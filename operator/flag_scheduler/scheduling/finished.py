@@ -15,8 +15,8 @@ from __future__ import annotations
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import metrics
-from flag_scheduler.context import Ctx
-from flag_scheduler.book import Expiry, Unreadable
+from flag_scheduler.scheduling.context import Ctx
+from flag_scheduler.scheduling.book import Expiry, Unreadable
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339

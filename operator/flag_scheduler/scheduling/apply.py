@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import failpoints
-from flag_scheduler.book import flag_key
-from flag_scheduler.context import (
+from flag_scheduler.scheduling.book import flag_key
+from flag_scheduler.scheduling.context import (
     CONFLICT_ATTEMPTS,
     ApplyFailure,
     Ctx,
@@ -41,7 +41,7 @@ from flag_scheduler.context import (
 )
 from flag_scheduler.kube import TRANSPORT_ERRORS, describe
 from flag_scheduler.models import SCHEDULES, FeatureFlag, FlagSchedule
-from flag_scheduler.settle import record_applied, record_failure, supersede_schedule
+from flag_scheduler.scheduling.settle import record_applied, record_failure, supersede_schedule
 from flag_scheduler.timing import Verdict, against_marker, due_at
 
 async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler import status
-from flag_scheduler.context import Ctx, write_status
+from flag_scheduler.scheduling import status
+from flag_scheduler.scheduling.context import Ctx, write_status
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag, FlagSchedule
-from flag_scheduler.status import FLAG_FOUND
+from flag_scheduler.scheduling.status import FLAG_FOUND
 
 
 async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | None) -> None:

@@ -1,0 +1,1 @@
+"""Serving flags to OpenFeature SDKs (flagd sync over gRPC, OFREP over HTTP): read-only."""
