@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONTROLPLANE := hack/controlplane
 QUICK ?=
+# Integration tests wait far more than they compute: this many pytest-xdist workers share one control plane.
+TEST_WORKERS ?= 4
 ARGOCD_LUA := build/argocd-lua
 # The kubectl of install/deploy/run; `make cluster-up` prints the one it built (KUBECTL=...).
 KUBECTL ?= kubectl
@@ -28,9 +30,9 @@ venv: $(STAMP) ## Create .venv with the pinned dependencies
 binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(CONTROLPLANE)/build.sh
 
-test: venv binaries ## Run the Argo CD Lua cases, then unit and integration tests against the real local control plane
+test: venv binaries ## Run the Argo CD Lua cases, then unit and integration tests (in parallel) against the real local control plane
 	@$(MAKE) --no-print-directory argocd-lua
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --durations=10
 
 argocd-lua: ## Run argocd/'s health checks and actions on gopher-lua as Argo CD does (every *_test.yaml case)
 	cd hack/argocd && go test ./... && go build -o ../../$(ARGOCD_LUA) .

@@ -90,10 +90,11 @@ def main() -> None:
         )
         stop = threading.Event()
         try:
-            at = datetime.now(UTC) + timedelta(seconds=15)
             kubectl("apply", "-f", "-", stdin=FLAG)
-            kubectl("apply", "-f", "-", stdin=SCHEDULE.format(at=at.strftime("%Y-%m-%dT%H:%M:%SZ")))
             client = sdk_client(sync_port)
+            # Due once the client is connected, however long the operator and client took to start.
+            at = datetime.now(UTC) + timedelta(seconds=15)
+            kubectl("apply", "-f", "-", stdin=SCHEDULE.format(at=at.strftime("%Y-%m-%dT%H:%M:%SZ")))
             say(f"before ({datetime.now(UTC):%H:%M:%S}Z), schedule due at {at:%H:%M:%S}Z")
             print(kubectl("get", "ff,fs", "-n", "default"))
             say(f"an application's OpenFeature client (flagd in-process, sync port {sync_port}), once a second")

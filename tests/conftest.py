@@ -1,21 +1,38 @@
-"""Shared fixtures: one real control plane per test session, a fresh namespace per test."""
+"""Shared fixtures: one real control plane per test run, a fresh namespace per test, tests in parallel.
+
+``make test`` runs the integration tests on several pytest-xdist workers against one control plane,
+which the controller process starts (and stops) once; each worker attaches to it. Every integration
+test holds a shared lock while it runs, and one marked ``exclusive`` (it changes something every
+other test sees: cluster-wide admission policies or bindings, CRDs, the API server) holds it
+exclusively, so it never runs beside another test.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
+# Hypothesis' per-example deadline is a timing assertion: on a loaded machine (tests run in parallel)
+# it fails examples for being slow, not wrong. The suite's speed is watched by --durations instead.
+settings.register_profile("flag-scheduler", deadline=None)
+settings.load_profile("flag-scheduler")
 CRD_NAMES = ("crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev")
 
 
@@ -47,8 +64,10 @@ class Kubectl:
 
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> ControlPlane:
-    """The session's control plane, started once collection found integration tests."""
+    """The run's one control plane: started by this process, or by the xdist controller for its workers."""
     cp = getattr(request.config, "_flag_scheduler_cp", None)
+    if cp is None and _is_worker(request.config):
+        cp = _attach_control_plane(request.config)
     if cp is None:
         cp = _start_control_plane(request.config)
     return cp
@@ -57,10 +76,26 @@ def control_plane(request: pytest.FixtureRequest) -> ControlPlane:
 def _start_control_plane(config: pytest.Config) -> ControlPlane:
     cp = ControlPlane(fsync=False).start()
     config._flag_scheduler_cp = cp
+    state = _shared_dir(config) / CP_STATE
+    state.with_suffix(".tmp").write_text(json.dumps(cp.describe()))
+    state.with_suffix(".tmp").replace(state)  # workers never read half a file
     api, etcd = cp.versions()
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"control plane: kube-apiserver {api}, etcd {etcd}")
+    return cp
+
+
+def _attach_control_plane(config: pytest.Config) -> ControlPlane:
+    """On an xdist worker: the controller's control plane (it starts it once the workers collected)."""
+    state = _shared_dir(config) / CP_STATE
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the controller's control plane did not come up within 120 s ({state})")
+        time.sleep(0.1)
+    cp = ControlPlane.attach(json.loads(state.read_text()))
+    config._flag_scheduler_cp = cp
     return cp
 
 
@@ -109,8 +144,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if _is_worker(session.config):
+        return  # the controller starts the control plane once for every worker
     if any(item.get_closest_marker("integration") for item in session.items):
         _start_control_plane(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: tell each worker where the shared control plane's state and locks live."""
+    node.workerinput["flag_scheduler_shared"] = str(_shared_dir(node.config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist controller: start the control plane once, before any worker runs a test, if one is needed."""
+    if getattr(node.config, "_flag_scheduler_cp", None) is None and any("/integration/" in i for i in ids):
+        _start_control_plane(node.config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -120,7 +170,56 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         op.stop()
     cp = getattr(config, "_flag_scheduler_cp", None)
     if cp is not None:
-        cp.stop()
+        cp.stop()  # a worker's handle does nothing: the controller owns the control plane
+    if not _is_worker(config) and getattr(config, "_flag_scheduler_shared", None):
+        shutil.rmtree(config._flag_scheduler_shared, ignore_errors=True)
+
+
+# -- tests in parallel: a readers-writer lock around every integration test -----------------------
+
+CP_STATE = "control-plane.json"
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _shared_dir(config: pytest.Config) -> Path:
+    """A directory every process of this run sees: the controller makes it, workers get its path."""
+    if _is_worker(config):
+        return Path(config.workerinput["flag_scheduler_shared"])
+    if getattr(config, "_flag_scheduler_shared", None) is None:
+        config._flag_scheduler_shared = Path(tempfile.mkdtemp(prefix="flag-scheduler-tests-"))
+    return config._flag_scheduler_shared
+
+
+@contextlib.contextmanager
+def cluster_lock(shared: Path, exclusive: bool) -> Iterator[None]:
+    """Hold the run's cluster lock: shared for ordinary tests, exclusive for ``exclusive`` ones.
+
+    ``flock`` has no writer preference, so a turnstile gives one: a waiting exclusive test holds it,
+    and no new test takes the shared lock until the exclusive one has the cluster to itself.
+    """
+    with open(shared / "turnstile.lock", "a") as turnstile, open(shared / "cluster.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _cluster_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Integration tests run side by side; an ``exclusive`` one (it changes what every test sees) alone."""
+    if request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    with cluster_lock(_shared_dir(request.config), request.node.get_closest_marker("exclusive") is not None):
+        yield
 
 
 _skips: list[str] = []

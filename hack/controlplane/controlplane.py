@@ -206,6 +206,8 @@ class ControlPlane:
     etcd_port: int = field(default=0, init=False)
     api_port: int = field(default=0, init=False)
     tokens: dict[str, str] = field(default_factory=dict, init=False)
+    # False for a handle on a control plane another process started (``attach``): ``stop`` leaves it be.
+    owned: bool = field(default=True, init=False)
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -239,6 +241,23 @@ class ControlPlane:
         path.write_text(json.dumps(config, indent=2))
         return path
 
+    def describe(self) -> dict[str, object]:
+        """What another process needs to use this control plane (``attach``): ports, tokens, paths."""
+        return {"fsync": self.fsync, "bin_dir": str(self.bin_dir), "dir": str(self.dir),
+                "etcd_port": self.etcd_port, "api_port": self.api_port, "tokens": self.tokens}
+
+    @classmethod
+    def attach(cls, state: dict) -> ControlPlane:
+        """A handle on a running control plane that another process started and ``describe``d.
+
+        Test workers running in parallel share the one control plane their controller started; the
+        handle has no components, so ``stop`` does nothing and the owner alone stops it.
+        """
+        cp = cls(fsync=bool(state["fsync"]), bin_dir=Path(state["bin_dir"]))
+        cp.dir, cp.owned = Path(state["dir"]), False
+        cp.etcd_port, cp.api_port, cp.tokens = int(state["etcd_port"]), int(state["api_port"]), dict(state["tokens"])
+        return cp
+
     def start(self, timeout: float = 60.0) -> ControlPlane:
         """Start all components and return once the API server is ready."""
         remove_stale_dirs()
@@ -260,6 +279,8 @@ class ControlPlane:
         SIGTERM and ``grace`` seconds before SIGKILL, so the API server never drains towards a
         storage that is already gone.
         """
+        if not self.owned:
+            return []
         killed = []
         for comp in reversed(self.components):
             if comp.proc.poll() is None:

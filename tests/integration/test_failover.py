@@ -201,6 +201,16 @@ def healthz(port: int) -> int:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
 
 
+def wait_healthy(port: int) -> None:
+    """Wait until /healthz answers 200 (the endpoint comes up a moment after ``operator.started``)."""
+    def ok() -> bool:
+        try:
+            return healthz(port) == 200
+        except OSError:
+            return False
+    wait_for(ok, 30, what=f"/healthz on port {port} to answer 200")
+
+
 def test_followers_stay_warm_and_ready_and_a_clean_stop_hands_the_lease_over(
     cluster: Cluster, operator_kubeconfig: Path, namespace: str, tmp_path: Path, api_client: k8s.ApiClient
 ) -> None:
@@ -216,7 +226,7 @@ def test_followers_stay_warm_and_ready_and_a_clean_stop_hands_the_lease_over(
         health = {name: int(env["FLAG_SCHEDULER_HEALTH_PORT"]) for name, env in ports.items()}
         wait_for(lambda: scrape_metrics(metrics["replica-1"])["flag_scheduler_is_leader"] == 1, 30)
         # A follower is ready (readiness reads /healthz) and says it does not lead.
-        assert healthz(health["replica-2"]) == 200
+        wait_healthy(health["replica-2"])
         assert scrape_metrics(metrics["replica-2"])["flag_scheduler_is_leader"] == 0
 
         # The follower learns of a schedule from its own watch while replica-1 leads (and claims it).

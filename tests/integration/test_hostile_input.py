@@ -93,6 +93,7 @@ def applied_reason(status: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == "Applied")
 
 
+@pytest.mark.exclusive  # lifts the CRD's bounds for a moment: every other test would see them gone
 def test_stored_schedules_the_operator_cannot_read_fail_as_invalid_spec_and_harm_no_other_flag(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], kubectl: Kubectl, legacy_crd: Callable
 ) -> None:
