@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         description="Delete finished schedules this long after they finished, unless they say otherwise"
         " (spec.ttlSecondsAfterFinished). Unset: keep them (GitOps tools re-create what is deleted).",
     )
+    admission_policies: Literal["check", "external"] = Field(
+        "check", description="check: apply nothing while the shipped admission policies are not in force;"
+        " external: the cluster enforces the same rules another way (see scheduling/admission_gate.py).",
+    )
+    admission_check_seconds: float = Field(
+        60, ge=1, le=3600, description="How often the admission policies are checked again."
+    )
     failpoints: str = Field(
         "", description="Comma-separated failpoints to arm (tests only; see flag_scheduler.failpoints)."
     )

@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
+from flag_scheduler.scheduling.admission_gate import AdmissionGate
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
@@ -43,7 +44,10 @@ class Runtime:
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
+        self.admission = AdmissionGate(settings, kube, on_open=self.dispatcher.release_held)
+        self.ctx.holding = self.admission.holding
         self._task: asyncio.Task | None = None
+        self._admission_task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
 
     @classmethod
@@ -72,6 +76,9 @@ class Runtime:
             await kube.close()
             await runtime.lease_api.close()
             raise
+        await runtime.admission.check()
+        if not runtime.admission.external:
+            runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
@@ -104,7 +111,7 @@ class Runtime:
         """Stop serving flags, stop applying, hand the Lease over, close the client."""
         if self.serving is not None:
             await self.serving.close()
-        for task in (self._election, self._task):
+        for task in (self._election, self._task, self._admission_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -119,6 +126,8 @@ class Runtime:
         """Why this replica is unhealthy (for the liveness probe), or None."""
         if self._election is not None and self._election.done():
             return "the leader election task has ended"
+        if self._admission_task is not None and self._admission_task.done():
+            return "the admission policy check has ended"
         if not self.dispatcher.healthy():
             return "this replica leads but its dispatcher loop has stopped turning"
         return None
