@@ -51,8 +51,9 @@ lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the 
 		"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize $$dir > /dev/null && echo "$$dir renders" || exit 1; \
 	done
 
-install: ## Install the CRDs into the cluster in $$KUBECONFIG
+install: ## Install the CRDs and the admission policies (the operator applies nothing without them) into $$KUBECONFIG
 	$(KUBECTL) apply --server-side -k crds
+	$(KUBECTL) apply --server-side -k manifests/policy
 
 deploy: ## Deploy CRDs, RBAC and the operator (manifests/default) into the cluster in $$KUBECONFIG
 	$(KUBECTL) apply --server-side -k manifests/default

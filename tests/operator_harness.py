@@ -68,6 +68,7 @@ class OperatorProcess:
             "FLAG_SCHEDULER_LEASE_NAMESPACE": namespaces[0],
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
+            "FLAG_SCHEDULER_READY_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",
             "FLAG_SCHEDULER_SYNC_PORT": "0",  # tests that read flags pick free ports
             "FLAG_SCHEDULER_OFREP_PORT": "0",

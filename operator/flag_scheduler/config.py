@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Namespaces to watch, a JSON list; empty = all."
     )
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
+    ready_port: int = Field(8081, ge=0, le=65535, description="Readiness at /readyz (0 = off).")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
     sync_port: int = Field(8015, ge=0, le=65535, description="flagd sync (gRPC) for OpenFeature SDKs; 0 = off.")
     ofrep_port: int = Field(8016, ge=0, le=65535, description="OFREP (HTTP) for OpenFeature SDKs; 0 = off.")

@@ -21,8 +21,8 @@ from conftest import REPO, Kubectl
 
 MANIFESTS = REPO / "manifests"
 OPERATOR_LABELS = {"app.kubernetes.io/name": "flag-scheduler", "app.kubernetes.io/component": "operator"}
-# health, metrics, flagd sync (gRPC), OFREP (HTTP)
-SERVED_PORTS = {8080, 9090, 8015, 8016}
+# health, ready, metrics, flagd sync (gRPC), OFREP (HTTP)
+SERVED_PORTS = {8080, 8081, 9090, 8015, 8016}
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
@@ -71,9 +71,10 @@ def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any
 def test_network_policy_overlay_replaces_the_default_policy(kubectl: Kubectl) -> None:
     """Policies add up: the narrowing overlay must leave one policy, not add a second that opens less."""
     objs = render(kubectl, MANIFESTS / "network-policy")
-    assert [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"] == ["flag-scheduler"]
+    ingress = [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"]["policyTypes"]]
+    assert ingress == ["flag-scheduler"]
     anyone, readers = one(objs, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")["spec"]["ingress"]
-    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "metrics"}
+    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "ready", "metrics"}
     assert {p["port"] for p in readers["ports"]} == {"sync", "ofrep"}
     assert readers["from"] == [{"namespaceSelector": {"matchLabels": {"flagscheduler.dev/read-flags": "true"}}}]
 

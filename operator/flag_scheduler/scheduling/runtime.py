@@ -20,6 +20,7 @@ from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.scheduling.readiness import serve_readiness
 from flag_scheduler.serving.servers import Serving
 
 log = get_logger()
@@ -48,6 +49,8 @@ class Runtime:
         self.ctx.holding = self.admission.holding
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
+        self._readiness = None
+        self._closing = False
         self._election: asyncio.Task | None = None
 
     @classmethod
@@ -63,6 +66,8 @@ class Runtime:
         runtime = cls(settings, kube, await api_client(pool_size=2))
         if settings.metrics_port:
             start_http_server(settings.metrics_port)
+        if settings.ready_port:
+            runtime._readiness = await serve_readiness("0.0.0.0", settings.ready_port, runtime.not_ready)
         async for page in kube.list_pages(FLAGS, settings.namespaces):
             for body in page:
                 runtime.book.observe_flag(None, body)
@@ -107,8 +112,17 @@ class Runtime:
         if key is not None:
             self.dispatcher.plan(key)
 
+    def not_ready(self) -> str | None:
+        """Why this replica is not ready (readiness probe), or None: ready once the book is loaded."""
+        if self._closing:
+            return "shutting down"
+        if self._task is None:
+            return "loading flags and schedules"
+        return self.healthy()
+
     async def close(self) -> None:
         """Stop serving flags, stop applying, hand the Lease over, close the client."""
+        self._closing = True
         if self.serving is not None:
             await self.serving.close()
         for task in (self._election, self._task, self._admission_task):
@@ -119,6 +133,8 @@ class Runtime:
         await self.dispatcher.stop()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
+        if self._readiness is not None:
+            await self._readiness.cleanup()
         await self.kube.close()
         await self.lease_api.close()
 
