@@ -73,3 +73,53 @@ def test_an_extra_binding_with_empty_selectors_counts() -> None:
     others = [x for x in bindings if x["spec"]["policyName"] != NAME]
     everywhere = binding(matchResources={"namespaceSelector": {}, "objectSelector": {}, "matchPolicy": "Equivalent"})
     assert missing_policies(policies, others + [everywhere]) == []
+
+
+class PolicyLister:
+    """Stands in for Kube: answers list_admission_policies with the given objects, or raises."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def list_admission_policies(self) -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def gate(answer: Any, opened: list[int]) -> Any:
+    from flag_scheduler.config import Settings
+    from flag_scheduler.scheduling.admission_gate import AdmissionGate
+
+    return AdmissionGate(Settings(), PolicyLister(answer), on_open=lambda: opened.append(1))  # type: ignore[arg-type]
+
+
+def api_error(status: int) -> Exception:
+    from kubernetes.aio.client.exceptions import ApiException
+
+    err = ApiException(status=status, reason="Forbidden" if status == 403 else "NotFound")
+    err.body = '{"message": "m"}'
+    return err
+
+
+async def test_the_gate_holds_until_checked_and_opens_once_in_force() -> None:
+    opened: list[int] = []
+    checked = gate(split(shipped()), opened)
+    assert checked.holding() is not None  # nothing applied before the first check
+    assert await checked.check() == []
+    assert checked.holding() is None and opened == [1]
+    assert await checked.check() == [] and opened == [1]  # opens once, not on every check
+
+
+@pytest.mark.parametrize(("status", "says"), [
+    (403, "the operator needs get and list on both (manifests/rbac/admission_reader_role.yaml)"),
+    (404, "the API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicies"),
+])
+async def test_policies_that_cannot_be_read_hold_everything(status: int, says: str) -> None:
+    opened: list[int] = []
+    checked = gate(api_error(status), opened)
+    problems = await checked.check()
+    assert len(problems) == 1 and says in problems[0]
+    holding = checked.holding()
+    assert holding is not None and says in holding and "FLAG_SCHEDULER_ADMISSION_POLICIES=external" in holding
+    assert opened == []

@@ -73,6 +73,14 @@ def _denies_everywhere(binding: dict[str, Any]) -> bool:
     return not any(narrowing)
 
 
+def _unreadable(err: ApiException) -> str:
+    if err.status == 404:
+        return ("the API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicies"
+                f" (Kubernetes older than 1.30?): {describe(err)}")
+    return (f"cannot read ValidatingAdmissionPolicies and their bindings ({describe(err)}); the operator"
+            " needs get and list on both (manifests/rbac/admission_reader_role.yaml)")
+
+
 class AdmissionGate:
     """Whether the required policies are in force, checked at start and every ``admission_check_seconds``."""
 
@@ -90,9 +98,10 @@ class AdmissionGate:
         try:
             policies, bindings = await self.kube.list_admission_policies()
             problems = missing_policies(policies, bindings)
-        except (ApiException, *TRANSPORT_ERRORS) as err:
-            problems = [f"cannot read ValidatingAdmissionPolicies and their bindings ({describe(err)}); the operator"
-                        " needs get and list on both (manifests/rbac/admission_reader_role.yaml)"]
+        except ApiException as err:
+            problems = [_unreadable(err)]
+        except TRANSPORT_ERRORS as err:
+            problems = [f"cannot read ValidatingAdmissionPolicies and their bindings ({describe(err)})"]
         was, self.problems = self.problems, problems
         metrics.ADMISSION_PROBLEMS.set(len(problems))
         if problems and problems != was:
