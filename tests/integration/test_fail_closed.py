@@ -68,6 +68,10 @@ def test_a_missing_binding_holds_every_schedule_until_it_is_back(
     assert "To fix: install them with `kubectl apply --server-side -k manifests/policy`" in held["message"]
     assert cluster.status("go-live")["phase"] == "Pending"
     assert cluster.get_flag("checkout-v2")["spec"]["enabled"] is False
+    # What changes no flag goes on: a cancellation is recorded while the policies are missing.
+    cluster.flag("pricing")
+    cluster.schedule("dropped", "pricing", in_seconds(3600), {"enabled": True}, cancelled=True)
+    cluster.wait_phase("dropped", "Cancelled")
 
     binding_deleted()
     cluster.wait_phase("go-live", "Applied", timeout=20)
