@@ -46,15 +46,23 @@ argocd-snippet: ## Regenerate argocd/install/argocd-cm.yaml from argocd/resource
 unit: venv ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit
 
-lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize trees
+lint: venv binaries ## Compile the Python code, lint the Dockerfile, render the kustomize trees and kube-score them
 	$(PY) -m compileall -q operator tests bench hack
 	$(VENV)/bin/hadolint Dockerfile
-	@for dir in manifests/default manifests/namespaced manifests/network-policy; do \
-		"$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl" kustomize $$dir > /dev/null && echo "$$dir renders" || exit 1; \
+	@kubectl="$$($(CONTROLPLANE)/build.sh | tail -1)/kubectl"; kube_score="$$(hack/kube-score/build.sh | tail -1)"; \
+	ignored=$$(grep -v '^#' hack/kube-score/accepted.txt | cut -f1 | sed 's/^/--ignore-test=/'); \
+	mkdir -p build; \
+	for dir in manifests/default manifests/namespaced manifests/network-policy; do \
+		"$$kubectl" kustomize $$dir > build/rendered.yaml || exit 1; \
+		echo "$$dir renders"; \
+		"$$kube_score" score --output-format=ci $$ignored build/rendered.yaml | grep -E '^\[(CRITICAL|WARNING)\]' || true; \
+		"$$kube_score" score --output-format=ci $$ignored build/rendered.yaml > /dev/null \
+			|| { echo "$$dir: kube-score found a critical problem (above); fix it or list it in hack/kube-score/accepted.txt and README"; exit 1; }; \
 	done
 
-install: ## Install the CRDs into the cluster in $$KUBECONFIG
+install: ## Install the CRDs and the admission policies (the operator applies nothing without them) into $$KUBECONFIG
 	$(KUBECTL) apply --server-side -k crds
+	$(KUBECTL) apply --server-side -k manifests/policy
 
 deploy: ## Deploy CRDs, RBAC and the operator (manifests/default) into the cluster in $$KUBECONFIG
 	$(KUBECTL) apply --server-side -k manifests/default

@@ -117,6 +117,11 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("CRDs Established but not served within 60 s")
             time.sleep(0.2)
+        # The shipped Role covers only the Lease `flag-scheduler`; the failover phase elects with its own.
+        self.kubectl("create", "role", "bench-failover-lease", "--verb=get,update", "--resource=leases",
+                     "--resource-name=bench-failover", "-n", LEASE_NAMESPACE, check=False)
+        self.kubectl("create", "rolebinding", "bench-failover-lease", "--role=bench-failover-lease",
+                     f"--serviceaccount={LEASE_NAMESPACE}:{SERVICE_ACCOUNT}", "-n", LEASE_NAMESPACE, check=False)
         token = self.kubectl("create", "token", SERVICE_ACCOUNT, "-n", LEASE_NAMESPACE, "--duration=6h").stdout
         self.operator_kubeconfig = self.cp.write_token_kubeconfig("operator-sa", token.strip())
 
@@ -221,6 +226,7 @@ class OperatorProcess:
             "FLAG_SCHEDULER_LEASE_NAMESPACE": LEASE_NAMESPACE,
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
+            "FLAG_SCHEDULER_READY_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",
             **(extra_env or {}),
         }

@@ -77,13 +77,14 @@ def main() -> None:
         say(f"control plane up: {' '.join(kubectl('get', '--raw', '/version').split())}")
         print(f"KUBECONFIG={cp.kubeconfig()}\nKUBECTL={cp.kubectl}")
         kubectl("apply", "-k", str(REPO / "crds"))
+        kubectl("apply", "-k", str(REPO / "manifests" / "policy"))  # the operator applies nothing without them
         kubectl("wait", "--for=condition=Established", "crd/featureflags.flagscheduler.dev",
                 "crd/flagschedules.flagscheduler.dev", "--timeout=30s")
         say("operator starting (console logs below)")
         sync_port = free_port()
         operator = subprocess.Popen(
             [sys.executable, "-m", "flag_scheduler"],
-            env={**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0",
+            env={**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0", "FLAG_SCHEDULER_READY_PORT": "0",
                  "FLAG_SCHEDULER_METRICS_PORT": "0", "FLAG_SCHEDULER_LEASE_NAMESPACE": "default",
                  "FLAG_SCHEDULER_SYNC_PORT": str(sync_port), "FLAG_SCHEDULER_OFREP_PORT": "0",
                  "FLAG_SCHEDULER_SERVE_ADDRESS": "127.0.0.1"},

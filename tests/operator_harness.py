@@ -68,9 +68,13 @@ class OperatorProcess:
             "FLAG_SCHEDULER_LEASE_NAMESPACE": namespaces[0],
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
             "FLAG_SCHEDULER_HEALTH_PORT": "0",
+            "FLAG_SCHEDULER_READY_PORT": "0",
             "FLAG_SCHEDULER_METRICS_PORT": "0",
             "FLAG_SCHEDULER_SYNC_PORT": "0",  # tests that read flags pick free ports
             "FLAG_SCHEDULER_OFREP_PORT": "0",
+            # Most tests run without the shipped admission policies installed; the operator's
+            # fail-closed check is exercised where asked for (test_fail_closed.py passes "check").
+            "FLAG_SCHEDULER_ADMISSION_POLICIES": "external",
             "FLAG_SCHEDULER_BACKOFF_SECONDS": "1",
             "FLAG_SCHEDULER_MAX_BACKOFF_SECONDS": "2",
             **env,

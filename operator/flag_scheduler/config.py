@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Namespaces to watch, a JSON list; empty = all."
     )
     health_port: int = Field(8080, ge=0, le=65535, description="Liveness/readiness at /healthz.")
+    ready_port: int = Field(8081, ge=0, le=65535, description="Readiness at /readyz (0 = off).")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics at /metrics.")
     sync_port: int = Field(8015, ge=0, le=65535, description="flagd sync (gRPC) for OpenFeature SDKs; 0 = off.")
     ofrep_port: int = Field(8016, ge=0, le=65535, description="OFREP (HTTP) for OpenFeature SDKs; 0 = off.")
@@ -47,6 +48,13 @@ class Settings(BaseSettings):
         None, ge=0, le=2_147_483_647,
         description="Delete finished schedules this long after they finished, unless they say otherwise"
         " (spec.ttlSecondsAfterFinished). Unset: keep them (GitOps tools re-create what is deleted).",
+    )
+    admission_policies: Literal["check", "external"] = Field(
+        "check", description="check: apply nothing while the shipped admission policies are not in force;"
+        " external: the cluster enforces the same rules another way (see scheduling/admission_gate.py).",
+    )
+    admission_check_seconds: float = Field(
+        60, ge=1, le=3600, description="How often the admission policies are checked again."
     )
     failpoints: str = Field(
         "", description="Comma-separated failpoints to arm (tests only; see flag_scheduler.failpoints)."

@@ -108,6 +108,7 @@ class Kube:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
         self.identity = identity
         self.timeout = timeout
 
@@ -158,6 +159,13 @@ class Kube:
                 if loop.time() > deadline:
                     raise
             await asyncio.sleep(0.5)
+
+    async def list_admission_policies(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding, as plain dicts."""
+        policies = await self.admission.list_validating_admission_policy(_request_timeout=self.timeout)
+        bindings = await self.admission.list_validating_admission_policy_binding(_request_timeout=self.timeout)
+        plain = self.api.sanitize_for_serialization
+        return plain(policies)["items"], plain(bindings)["items"]
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Read one object; None if it does not exist."""

@@ -23,6 +23,11 @@ LATENESS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 PENDING = Gauge("flag_scheduler_pending_schedules", "Schedules not yet terminal (Pending or Retrying).")
+ADMISSION_PROBLEMS = Gauge(
+    "flag_scheduler_admission_policies_missing",
+    "Required admission policies not in force (0 when all are, or when the check is external); no schedule"
+    " is applied while above 0.",
+)
 IS_LEADER = Gauge("flag_scheduler_is_leader", "1 while this replica holds the leader Lease.")
 SYNC_STREAMS = Gauge("flag_scheduler_sync_streams", "flagd sync streams (SyncFlags) connected to this replica.")
 SYNC_PUSHES = Counter("flag_scheduler_sync_pushes_total", "Flag sets sent on sync streams.")

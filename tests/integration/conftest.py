@@ -14,6 +14,7 @@ from operator_harness import Cluster, OperatorProcess, wait_for
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
+TEST_LEASE_ROLE = "tests-own-lease-names"
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,26 @@ def operator_manifests(kubectl: Kubectl, crds: None) -> None:
     is the ServiceAccount and the permissions a deployed operator would have.
     """
     kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "default"))
+    kubectl("apply", "--server-side", "-f", "-", input=TEST_LEASES)
+
+
+# The shipped Role lets the ServiceAccount read and renew only the Lease `flag-scheduler`; tests that
+# run several operators as that ServiceAccount side by side give each its own Lease name.
+TEST_LEASES = f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {TEST_LEASE_ROLE}, namespace: {OPERATOR_NAMESPACE}}}
+rules:
+  - apiGroups: [coordination.k8s.io]
+    resources: [leases]
+    verbs: [get, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {TEST_LEASE_ROLE}, namespace: {OPERATOR_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {TEST_LEASE_ROLE}}}
+subjects: [{{kind: ServiceAccount, name: {OPERATOR_SERVICE_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}]
+"""
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ from conftest import REPO, Kubectl
 
 MANIFESTS = REPO / "manifests"
 OPERATOR_LABELS = {"app.kubernetes.io/name": "flag-scheduler", "app.kubernetes.io/component": "operator"}
-# health, metrics, flagd sync (gRPC), OFREP (HTTP)
-SERVED_PORTS = {8080, 9090, 8015, 8016}
+# health, ready, metrics, flagd sync (gRPC), OFREP (HTTP)
+SERVED_PORTS = {8080, 8081, 9090, 8015, 8016}
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
@@ -71,9 +71,10 @@ def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any
 def test_network_policy_overlay_replaces_the_default_policy(kubectl: Kubectl) -> None:
     """Policies add up: the narrowing overlay must leave one policy, not add a second that opens less."""
     objs = render(kubectl, MANIFESTS / "network-policy")
-    assert [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"] == ["flag-scheduler"]
+    ingress = [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"]["policyTypes"]]
+    assert ingress == ["flag-scheduler"]
     anyone, readers = one(objs, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")["spec"]["ingress"]
-    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "metrics"}
+    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "ready", "metrics"}
     assert {p["port"] for p in readers["ports"]} == {"sync", "ofrep"}
     assert readers["from"] == [{"namespaceSelector": {"matchLabels": {"flagscheduler.dev/read-flags": "true"}}}]
 
@@ -95,6 +96,9 @@ def test_default_install_creates_the_policy_objects(kubectl: Kubectl, operator_m
         ["validatingadmissionpolicy/flag-scheduler-operator-annotations"],
         ["validatingadmissionpolicybinding/flag-scheduler-schedules-need-flag-patch"],
         ["validatingadmissionpolicybinding/flag-scheduler-operator-annotations"],
+        ["validatingadmissionpolicy/flag-scheduler-schedule-warnings"],
+        ["validatingadmissionpolicybinding/flag-scheduler-schedule-warnings"],
+        ["networkpolicy/flag-scheduler-egress", "-n", "flag-scheduler-system"],
     ):
         kubectl("get", *args)
 
@@ -111,17 +115,27 @@ def test_image_can_be_pinned_by_digest(kubectl: Kubectl, tmp_path: Path) -> None
 # -- the namespaced overlay ------------------------------------------------------------------
 
 
-def test_namespaced_overlay_grants_the_operator_nothing_cluster_wide(namespaced: list[dict[str, Any]]) -> None:
-    assert [o["metadata"]["name"] for o in namespaced if o["kind"] == "ClusterRoleBinding"] == []
-    cluster_roles = [o for o in namespaced if o["kind"] == "ClusterRole"]
-    # Only the people's roles remain, and each is aggregated into a built-in role (bound by admins).
-    assert {o["metadata"]["name"] for o in cluster_roles} == {
+def test_namespaced_overlay_grants_the_operator_only_reading_admission_policies_cluster_wide(
+    namespaced: list[dict[str, Any]]
+) -> None:
+    """Policies are cluster-scoped: reading them (the fail-closed check) is the one cluster-wide grant."""
+    bindings = [o for o in namespaced if o["kind"] == "ClusterRoleBinding"]
+    assert [(o["metadata"]["name"], o["roleRef"]["name"]) for o in bindings] == [
+        ("flag-scheduler-admission-reader", "flag-scheduler-admission-reader")]
+    reader = one(namespaced, "ClusterRole", "flag-scheduler-admission-reader")
+    assert reader["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
+                                "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+                                "verbs": ["get", "list"]}]
+    people = [o for o in namespaced if o["kind"] == "ClusterRole" and o is not reader]
+    # The people's roles remain, each aggregated into a built-in role (bound by admins, per namespace).
+    assert {o["metadata"]["name"] for o in people} == {
         "flag-scheduler-admin", "flag-scheduler-editor", "flag-scheduler-viewer"
     }
-    for role in cluster_roles:
+    for role in people:
         assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
     subjects = [
-        s for o in namespaced if o["kind"] == "RoleBinding" for s in o["subjects"] if s["kind"] == "ServiceAccount"
+        s for o in namespaced if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for s in o["subjects"] if s["kind"] == "ServiceAccount"
     ]
     assert subjects and all(s == {"kind": "ServiceAccount", "name": "flag-scheduler",
                                   "namespace": "flag-scheduler-system"} for s in subjects)

@@ -118,7 +118,7 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
     c.kubectl("get", "crd", "featureflags.flagscheduler.dev", "flagschedules.flagscheduler.dev")
 
     # Its ports are free ones: other runs on this machine may hold the defaults.
-    ports = {f"FLAG_SCHEDULER_{p}_PORT": str(free_port()) for p in ("HEALTH", "METRICS", "SYNC", "OFREP")}
+    ports = {f"FLAG_SCHEDULER_{p}_PORT": str(free_port()) for p in ("HEALTH", "READY", "METRICS", "SYNC", "OFREP")}
     # Without its Lease namespace the operator stops at once and says what to do.
     bare = subprocess.run([str(REPO / ".venv/bin/flag-scheduler")], env={**c.env, **ports}, capture_output=True,
                           text=True, timeout=60)

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -39,6 +40,7 @@ class Recorder:
 async def test_every_request_of_the_operator_has_a_timeout() -> None:
     kube = Kube.__new__(Kube)
     kube.custom, kube.core, kube.identity, kube.timeout = Recorder(), Recorder(), "me", REQUEST_TIMEOUT
+    kube.admission, kube.api = Recorder(), SimpleNamespace(sanitize_for_serialization=lambda body: body)
     ref = ObjectRef(namespace="ns", name="n", uid="u", resourceVersion="1")
     schedule_body = {"metadata": {"namespace": "ns", "name": "s", "uid": "u"},
                      "spec": {"flagRef": {"name": "f"}, "scheduledAt": "2026-12-01T09:00:00Z",
@@ -58,10 +60,12 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
+    await kube.list_admission_policies()
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
-                                     "delete_schedule", "post_event", "list_pages"]), "a new request: test it here"
-    calls = kube.custom.calls + kube.core.calls
-    assert len(calls) == len(public)
+                                     "delete_schedule", "post_event", "list_pages", "list_admission_policies"]), \
+        "a new request: test it here"
+    calls = kube.custom.calls + kube.core.calls + kube.admission.calls
+    assert len(calls) == len(public) + 1  # list_admission_policies makes two requests
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
 
 

@@ -63,13 +63,14 @@ def test_exposed_ports_are_the_deployments_and_the_operators_defaults() -> None:
     assert exposed == set(ports.values())
     assert ports == {
         "health": defaults["health_port"].default,
+        "ready": defaults["ready_port"].default,
         "metrics": defaults["metrics_port"].default,
         "sync": defaults["sync_port"].default,
         "ofrep": defaults["ofrep_port"].default,
     }
     probes = container()["containers"][0]
     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert probes["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
 
 
 def test_final_stage_carries_no_build_tools_or_source() -> None:

@@ -35,6 +35,6 @@ def test_the_network_policy_opens_health_and_metrics_and_limits_the_flag_ports()
     policy = load("network-policy/flag_readers.yaml")
     assert policy["spec"]["podSelector"]["matchLabels"] == load("manager/service.yaml")["spec"]["selector"]
     open_rule, readers = policy["spec"]["ingress"]
-    assert "from" not in open_rule and {p["port"] for p in open_rule["ports"]} == {"health", "metrics"}
+    assert "from" not in open_rule and {p["port"] for p in open_rule["ports"]} == {"health", "ready", "metrics"}
     assert {p["port"] for p in readers["ports"]} == {"sync", "ofrep"}
     assert readers["from"] == [{"namespaceSelector": {"matchLabels": {"flagscheduler.dev/read-flags": "true"}}}]

@@ -58,6 +58,8 @@ class Ctx:
     jitter: Callable[[], float] = random.random
     is_leader: Callable[[], bool] = lambda: True
     fencing_token: Callable[[], str] = lambda: "standalone"
+    # Why due schedules must not be applied now (the admission policies are not in force), or None.
+    holding: Callable[[], str | None] = lambda: None
     background: set[asyncio.Task] = field(default_factory=set)
     _event_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_POSTS))
 

@@ -13,6 +13,10 @@ when a status write failed, a Warning Event on the schedule. The loop also turns
 ``HEARTBEAT`` while leading (TTL deletions and unreadable schedules ride on that turn), and
 ``healthy()`` reports a leader whose loop stopped turning, which the liveness probe reads.
 Only the leader plans: followers keep the book warm and plan everything when they take over.
+
+Fail closed: while ``ctx.holding()`` gives a reason (the admission policies are not in force, see
+``admission_gate``), a flag whose head of line is due is held: not applied, not planned again, its
+schedule told once with a Warning Event, until ``release_held`` (the policies are back).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Dispatcher:
         self._rejecting: set[str] = set()
         self._retry_after: dict[str, datetime] = {}
         self._tries: dict[str, int] = {}
+        self._held: set[Key] = set()
+        self._told: set[str] = set()
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -111,7 +117,10 @@ class Dispatcher:
         """Now for cancellations and first-sight housekeeping, else the head's due time; never during a pause."""
         book, now = self.ctx.book, self.ctx.clock()
         head = book.head(flag)
-        when = now if book.cancelled_of(flag) or book.untidy_of(flag) else None if head is None else due_at(head)
+        if book.cancelled_of(flag) or book.untidy_of(flag):
+            when: datetime | None = now
+        else:
+            when = None if head is None or flag in self._held else due_at(head)
         paused = self._paused_until.get(flag)
         if when is not None and paused is not None:
             when = max(when, paused)
@@ -224,6 +233,9 @@ class Dispatcher:
                 await cancel_schedule(ctx, schedule)
             head = ctx.book.head(flag)
             todo = Action.WAIT if head is None else action(head, now)
+            if todo is Action.APPLY and (why := ctx.holding()) is not None:
+                self._hold(flag, head, why)
+                break
             if todo is Action.APPLY:
                 await apply_schedule(ctx, head)
             elif todo is Action.MISS:
@@ -235,6 +247,21 @@ class Dispatcher:
             if self.leading.is_set():
                 await tidy_schedule(ctx, schedule, owner)
 
+    def _hold(self, flag: Key, schedule: Any, why: str) -> None:
+        """Keep a due schedule back while the admission policies are not in force; say so once."""
+        self._held.add(flag)
+        if schedule.ref.uid not in self._told:
+            self._told.add(schedule.ref.uid)
+            self.ctx.event(schedule, "Warning", "AdmissionPoliciesMissing", why)
+            log.warning("schedule.held", namespace=flag[0], flag=flag[1], schedule=schedule.ref.name, reason=why)
+
+    def release_held(self) -> None:
+        """The admission policies are in force again: plan the held flags (they are due: at once)."""
+        held, self._held = self._held, set()
+        self._told.clear()
+        for flag in held:
+            self.plan(flag)
+
     async def stop(self) -> None:
         """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost)."""
         for task in list(self._tasks):
@@ -244,6 +271,7 @@ class Dispatcher:
         self._planned.clear()
         self._paused_until.clear()
         self._errors.clear()
+        self._held.clear()
 
     def replan_all(self) -> None:
         """Plan every flag that has schedules (after the initial listing, or on becoming leader)."""

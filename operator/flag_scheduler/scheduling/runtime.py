@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
+from flag_scheduler.scheduling.admission_gate import AdmissionGate
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
@@ -19,6 +20,7 @@ from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.scheduling.readiness import serve_readiness
 from flag_scheduler.serving.servers import Serving
 
 log = get_logger()
@@ -43,7 +45,12 @@ class Runtime:
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
+        self.admission = AdmissionGate(settings, kube, on_open=self.dispatcher.release_held)
+        self.ctx.holding = self.admission.holding
         self._task: asyncio.Task | None = None
+        self._admission_task: asyncio.Task | None = None
+        self._readiness = None
+        self._closing = False
         self._election: asyncio.Task | None = None
 
     @classmethod
@@ -59,6 +66,8 @@ class Runtime:
         runtime = cls(settings, kube, await api_client(pool_size=2))
         if settings.metrics_port:
             start_http_server(settings.metrics_port)
+        if settings.ready_port:
+            runtime._readiness = await serve_readiness("0.0.0.0", settings.ready_port, runtime.not_ready)
         async for page in kube.list_pages(FLAGS, settings.namespaces):
             for body in page:
                 runtime.book.observe_flag(None, body)
@@ -72,6 +81,9 @@ class Runtime:
             await kube.close()
             await runtime.lease_api.close()
             raise
+        await runtime.admission.check()
+        if not runtime.admission.external:
+            runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
@@ -100,11 +112,20 @@ class Runtime:
         if key is not None:
             self.dispatcher.plan(key)
 
+    def not_ready(self) -> str | None:
+        """Why this replica is not ready (readiness probe), or None: ready once the book is loaded."""
+        if self._closing:
+            return "shutting down"
+        if self._task is None:
+            return "loading flags and schedules"
+        return self.healthy()
+
     async def close(self) -> None:
         """Stop serving flags, stop applying, hand the Lease over, close the client."""
+        self._closing = True
         if self.serving is not None:
             await self.serving.close()
-        for task in (self._election, self._task):
+        for task in (self._election, self._task, self._admission_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -112,6 +133,8 @@ class Runtime:
         await self.dispatcher.stop()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
+        if self._readiness is not None:
+            await self._readiness.cleanup()
         await self.kube.close()
         await self.lease_api.close()
 
@@ -119,6 +142,8 @@ class Runtime:
         """Why this replica is unhealthy (for the liveness probe), or None."""
         if self._election is not None and self._election.done():
             return "the leader election task has ended"
+        if self._admission_task is not None and self._admission_task.done():
+            return "the admission policy check has ended"
         if not self.dispatcher.healthy():
             return "this replica leads but its dispatcher loop has stopped turning"
         return None

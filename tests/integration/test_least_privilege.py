@@ -1,0 +1,67 @@
+"""The operator's ServiceAccount may do exactly what tests/integration/expected/ lists, nothing more.
+
+``kubectl auth can-i --list`` as the shipped ServiceAccount (manifests/default applied), in a
+namespace it watches and in its own. A new rule in the manifests changes the list and fails here
+until the expectation is updated on purpose. The tests' own Role (conftest.TEST_LEASE_ROLE: get and
+update on any Lease name in the operator's namespace, so parallel tests elect apart) is taken out
+of the one row it changes: kubectl merges it with the shipped ``create`` on Leases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Kubectl
+
+from .conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
+
+EXPECTED = Path(__file__).parent / "expected"
+ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+# The row as the tests' own Lease Role leaves it in the operator's namespace, and as shipped.
+WITH_TESTS_OWN = ("leases.coordination.k8s.io", "[]", "[]", "[create get update]")
+SHIPPED = ("leases.coordination.k8s.io", "[]", "[]", "[create]")
+
+
+def can_i_list(kubectl: Kubectl, namespace: str) -> list[tuple[str, ...]]:
+    """The rows of ``kubectl auth can-i --list`` (resource, non-resource URLs, names, verbs), sorted."""
+    out = kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={ACCOUNT}").stdout
+    rows = []
+    for line in out.splitlines()[1:]:
+        resource, rest = line.split(maxsplit=1) if not line.startswith(" ") else ("", line)
+        rows.append((resource, *_columns(rest)))
+    return sorted(rows)
+
+
+def _columns(rest: str) -> tuple[str, str, str]:
+    """Split ``[urls]   [names]   [verbs]`` (each bracketed, possibly holding spaces)."""
+    parts, depth, current = [], 0, ""
+    for char in rest.strip():
+        if char == "[":
+            depth += 1
+        if depth:
+            current += char
+        if char == "]":
+            depth -= 1
+            if not depth:
+                parts.append(current)
+                current = ""
+    assert len(parts) == 3, rest
+    return parts[0], parts[1], parts[2]
+
+
+def expected(name: str) -> list[tuple[str, ...]]:
+    return sorted(tuple(line.split("\t")) for line in (EXPECTED / name).read_text().splitlines()
+                  if line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("where", ["watched-namespace", "operator-namespace"])
+def test_the_operator_may_do_only_what_is_listed(
+    kubectl: Kubectl, namespace: str, operator_manifests: None, where: str
+) -> None:
+    rows = can_i_list(kubectl, namespace if where == "watched-namespace" else OPERATOR_NAMESPACE)
+    if where == "operator-namespace":
+        assert WITH_TESTS_OWN in rows
+        rows = sorted(SHIPPED if row == WITH_TESTS_OWN else row for row in rows)
+    assert rows == expected(f"operator-can-i-{where}.tsv")

@@ -1,0 +1,26 @@
+"""The readiness endpoint answers 503 with the reason until ready, then 200."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from controlplane import free_port
+from flag_scheduler.scheduling.readiness import serve_readiness
+
+
+async def test_readyz_says_why_until_ready() -> None:
+    port = free_port()
+    why: list[str | None] = ["loading flags and schedules"]
+    runner = await serve_readiness("127.0.0.1", port, lambda: why[0])
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                assert (answer.status, await answer.text()) == (503, "loading flags and schedules\n")
+            why[0] = None
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                assert (answer.status, await answer.text()) == (200, "ok\n")
+            why[0] = "shutting down"
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
+                assert answer.status == 503
+    finally:
+        await runner.cleanup()
