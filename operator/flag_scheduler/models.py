@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flag_scheduler.targeting import targeting_problem
 
 GROUP = "flagscheduler.dev"
 VERSION = "v1alpha1"
@@ -83,12 +85,43 @@ class Condition(_Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0)
 
 
+# Bounds on typed flags (the CRD's, mirrored): no flag can blow up the flag set every client gets.
+MAX_VARIANTS = 32
+MAX_VARIANT_NAME = 63
+MAX_STRING_VALUE = 1024
+MAX_WEIGHT = 1_000_000  # 32 of them stay below flagd's limit on a split's total (2^31 - 1)
+FlagType = Literal["boolean", "string", "number", "object"]
+
+
+class Variants(_Model):
+    """flagd's ``variants`` of a typed flag, under the name of their type (exactly one is set)."""
+
+    boolean: dict[str, bool] | None = Field(default=None, max_length=MAX_VARIANTS)
+    string: dict[str, Annotated[str, Field(max_length=MAX_STRING_VALUE)]] | None = Field(
+        default=None, max_length=MAX_VARIANTS
+    )
+    number: dict[str, float] | None = Field(default=None, max_length=MAX_VARIANTS)
+    object: dict[str, dict[str, Any]] | None = Field(default=None, max_length=MAX_VARIANTS)
+
+
+class SplitShare(_Model):
+    """One variant's weight in a split (flagd's ``fractional`` on the targeting key)."""
+
+    variant: str = Field(min_length=1, max_length=MAX_VARIANT_NAME)
+    weight: int = Field(ge=0, le=MAX_WEIGHT)
+
+
 class FeatureFlagSpec(_Model):
-    """The desired state of a feature flag."""
+    """The desired state of a feature flag: on/off with a rollout, or typed with variants."""
 
     enabled: bool
     rollout_percentage: int = Field(default=100, alias="rolloutPercentage", ge=0, le=100)
     description: str | None = Field(default=None, max_length=1024)
+    type: FlagType = "boolean"
+    variants: Variants | None = None
+    default_variant: str | None = Field(default=None, alias="defaultVariant", min_length=1, max_length=MAX_VARIANT_NAME)
+    split: list[SplitShare] | None = Field(default=None, max_length=MAX_VARIANTS)
+    targeting: dict[str, Any] | None = None
 
 
 class FeatureFlagStatus(_Model):
@@ -109,10 +142,39 @@ class FlagUpdates(_Model):
     enabled: bool | None = None
     rollout_percentage: int | None = Field(default=None, alias="rolloutPercentage", ge=0, le=100)
     description: str | None = Field(default=None, max_length=1024)
+    default_variant: str | None = Field(default=None, alias="defaultVariant", min_length=1, max_length=MAX_VARIANT_NAME)
+    split: list[SplitShare] | None = Field(default=None, max_length=MAX_VARIANTS)
+    targeting: dict[str, Any] | None = None
 
-    def as_patch(self) -> dict[str, Any]:
-        """The flag spec fields to merge-patch, by their API names."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+    @field_validator("targeting")
+    @classmethod
+    def _flagd_rule(cls, rule: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The rule must pass flagd's schema: the flag server would not serve it otherwise."""
+        problem = None if rule is None else targeting_problem(rule, "targeting")
+        if problem is not None:
+            raise ValueError(problem)
+        return rule
+
+    def as_patch(self, current: FeatureFlagSpec | None = None) -> dict[str, Any]:
+        """The flag spec fields to merge-patch, by their API names.
+
+        ``targeting`` replaces the flag's rule whole: a merge patch would otherwise merge the two
+        rules' objects key by key, so keys of the ``current`` rule that the new one lacks are nulled.
+        """
+        patch = self.model_dump(by_alias=True, exclude_none=True)
+        if self.targeting is not None and current is not None and current.targeting is not None:
+            patch["targeting"] = replacing(current.targeting, self.targeting)
+        return patch
+
+
+def replacing(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``, when both are objects."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        patch[key] = replacing(old[key], value) if key in old else value
+    return patch
 
 
 class RetryPolicy(_Model):
