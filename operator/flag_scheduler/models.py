@@ -117,7 +117,7 @@ class FeatureFlagSpec(_Model):
     enabled: bool
     rollout_percentage: int = Field(default=100, alias="rolloutPercentage", ge=0, le=100)
     description: str | None = Field(default=None, max_length=1024)
-    type: FlagType = "boolean"
+    type: FlagType | None = None  # None: boolean
     variants: Variants | None = None
     default_variant: str | None = Field(default=None, alias="defaultVariant", min_length=1, max_length=MAX_VARIANT_NAME)
     split: list[SplitShare] | None = Field(default=None, max_length=MAX_VARIANTS)
