@@ -187,7 +187,7 @@ def test_a_schedule_naming_an_undeclared_variant_fails_naming_the_field(
     status = cluster.wait_phase("bad-rule", "Failed", timeout=30)
     applied = next(c for c in status["conditions"] if c["type"] == "Applied")
     assert applied["reason"] == "InvalidSpec" and "targeting.fractional" in applied["message"]
-    assert cluster.get_flag("theme")["spec"] == typed("theme")["spec"]
+    assert cluster.get_flag("theme")["spec"] == {**typed("theme")["spec"], "rolloutPercentage": 100}
 
 
 # -- a flag the servers cannot serve keeps its last valid definition ----------------------------
