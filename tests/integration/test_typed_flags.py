@@ -172,6 +172,10 @@ def test_schedules_switch_the_default_change_the_split_and_replace_the_rule(
     # The rule is replaced whole: nothing of the old one (its "if" arguments) is merged into it.
     assert (spec["defaultVariant"], spec["split"], spec["targeting"]) == ("green", new_split, BETA_RED)
     assert cluster.get_flag("theme")["metadata"]["annotations"]["flagscheduler.dev/last-applied-schedule"] == "replace-rule"
+    cluster.schedule("clear", "theme", in_seconds(1), {"split": [], "targeting": {}})
+    cluster.wait_phase("clear", "Applied", timeout=30)
+    spec = cluster.get_flag("theme")["spec"]
+    assert (spec["defaultVariant"], spec["split"], spec.get("targeting", {})) == ("green", [], {})
 
 
 def test_a_schedule_naming_an_undeclared_variant_fails_naming_the_field(
