@@ -327,3 +327,34 @@ def test_a_flagd_timestamp_rule_switches_variants_at_its_time_without_a_schedule
         wait_for(lambda c=client: c.get_string_value("theme", "", EvaluationContext("u")) == "#0f0",
                  timeout=20, what="green once $flagd.timestamp passes the time")
     assert time.time() >= at
+
+
+# -- the worst the API server admits ----------------------------------------------------------
+
+
+def deep_flag(name: str, levels: int) -> str:
+    """A typed flag whose rule nests ``levels`` objects in lists: JSON text, as Python cannot dump it."""
+    rule = '{"!":[' * levels + '{"var":"x"}' + "]}" * levels
+    return ('{"apiVersion":"%s","kind":"FeatureFlag","metadata":{"name":"%s"},"spec":{"enabled":true,'
+            '"type":"string","variants":{"string":{"a":"x"}},"defaultVariant":"a","targeting":%s}}'
+            % (API_VERSION, name, rule))
+
+
+def test_a_rule_nested_as_deep_as_the_api_server_admits_harms_no_other_flag(
+    cluster: Cluster, served: Served, kubectl: Kubectl
+) -> None:
+    """Free-form JSON nests up to the API server's limit, far deeper than Python's default recursion limit."""
+    kubectl("create", "-n", cluster.ns, "-f", "-", input=deep_flag("abyss", 4_900))
+    cluster.flag("checkout-v2", enabled=False, rollout=100)
+    cluster.schedule("go-live", "checkout-v2", in_seconds(2), {"enabled": True})
+    cluster.wait_phase("go-live", "Applied", timeout=30)
+    wait_for(lambda: ofrep_variant(served, cluster.ns, "checkout-v2", {"targetingKey": "u"}) == "on",
+             what="the other flag to be served")
+    # Read with kubectl: this test's own Python client cannot decode the flag either.
+    conditions = wait_for(lambda: kubectl("get", "ff", "abyss", "-n", cluster.ns,
+                                          "-o", "jsonpath={.status.conditions}").stdout, what="the deep flag's condition")
+    (condition,) = json.loads(conditions)
+    assert (condition["type"], condition["status"]) == ("InvalidSpec", "True")
+    assert condition["message"].startswith("spec.targeting: nests deeper than 32 levels"), condition
+    assert ofrep_variant(served, cluster.ns, "abyss", {"targetingKey": "u"}) is None  # never valid: not served
+    assert served.op.proc is not None and served.op.proc.poll() is None

@@ -97,7 +97,7 @@ def typed_variants(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"spec.type must be one of {', '.join(VALUE_TYPES)}, got {kind!r}")
     holder = spec.get("variants")
     if not isinstance(holder, Mapping) or list(holder) != [kind]:
-        raise ValueError(f"spec.variants must hold the values under the flag type: spec.variants.{kind}")
+        raise ValueError(f"spec.variants must hold the values under the name of spec.type: spec.variants.{kind}")
     variants = holder[kind]
     where = f"spec.variants.{kind}"
     if not isinstance(variants, Mapping) or not 1 <= len(variants) <= MAX_VARIANTS:
