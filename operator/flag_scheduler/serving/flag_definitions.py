@@ -34,6 +34,8 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.exception import OpenFeatureError
 
 from flag_scheduler.targeting import size_problem, targeting_problem
+from flag_scheduler.variants import MAX_STRING_VALUE as MAX_STRING
+from flag_scheduler.variants import MAX_VARIANTS, MAX_WEIGHT
 
 SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 VARIANTS = {"on": True, "off": False}
@@ -65,7 +67,6 @@ TYPED_FIELDS = ("variants", "defaultVariant", "split", "targeting")
 # What the CRD admits as each type's values (flagd: an object variant is a JSON object).
 VALUE_TYPES: dict[str, tuple[type, ...]] = {"boolean": (bool,), "string": (str,), "number": (int, float), "object": (dict,)}
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-MAX_VARIANTS, MAX_STRING, MAX_WEIGHT = 32, 1024, 1_000_000
 
 
 def typed_definition(spec: Mapping[str, Any], enabled: bool) -> dict[str, Any]:
