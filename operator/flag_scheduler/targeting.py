@@ -17,15 +17,34 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
 
 MAX_JSON_BYTES = 16 * 1024  # a targeting rule or an object variant, as compact JSON
 MAX_DEPTH = 32  # nesting of objects and lists in a targeting rule or an object variant
 
 
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("flag_scheduler").joinpath(f"schemas/{name}").read_text())
+
+
 @cache
 def _validator() -> Draft7Validator:
-    text = resources.files("flag_scheduler").joinpath("schemas/flagd-targeting.json").read_text()
-    return Draft7Validator(json.loads(text))
+    return Draft7Validator(_schema("flagd-targeting.json"))
+
+
+@cache
+def _flags_validator() -> Draft7Validator:
+    """flagd's schema of a whole flag configuration; it refers to the targeting schema by its ``$id``."""
+    schemas = [_schema("flagd-flags.json"), _schema("flagd-targeting.json")]
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
+    return Draft7Validator({"$ref": schemas[0]["$id"]}, registry=registry)
+
+
+def definition_problem(name: str, definition: dict[str, Any]) -> str | None:
+    """Why flagd's schema refuses this flag definition (None if it accepts it): what clients that
+    validate what they receive (flagd's Go and Java providers do) would do with the whole set."""
+    error = best_match(_flags_validator().iter_errors({"flags": {name: definition}}))
+    return None if error is None else f"spec: flagd's flag schema refuses the definition: {error.message[:300]}"
 
 
 def depth(value: Any) -> int:

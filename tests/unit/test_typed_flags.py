@@ -13,6 +13,7 @@ from openfeature.flag_evaluation import Reason
 
 from flag_scheduler.models import FeatureFlagSpec, FlagUpdates
 from flag_scheduler.serving.flag_definitions import flag_configuration, flag_definition, render
+from flag_scheduler.targeting import definition_problem
 
 KEYS = [f"user-{i}" for i in range(10_000)]
 COLOURS = {"blue": "#00f", "green": "#0f0", "red": "#f00"}
@@ -133,3 +134,22 @@ def test_a_schedule_replaces_the_flags_rule_whole() -> None:
 def test_a_schedule_with_a_rule_flagd_refuses_cannot_be_read() -> None:
     with pytest.raises(ValueError, match=r"targeting\.fractional"):
         FlagUpdates.model_validate({"targeting": {"fractional": "oops"}})
+
+
+@pytest.mark.parametrize(
+    "flag_spec",
+    [
+        {"enabled": False, "rolloutPercentage": 100},
+        {"enabled": True, "rolloutPercentage": 30},
+        {"enabled": True},
+        spec(),
+        spec(split=[{"variant": "blue", "weight": 2}, {"variant": "red", "weight": 1}], targeting=ACME_GREEN),
+        spec("number", {"small": 10, "half": 0.5}, "small"),
+        spec("object", {"basic": {"eur": 9, "tiers": ["a", None]}}, "basic"),
+        spec("boolean", {"on": True, "off": False}, "off", split=[{"variant": "on", "weight": 1}]),
+        {**spec(targeting=ACME_GREEN), "enabled": False},
+    ],
+)
+def test_every_served_definition_passes_flagds_own_flag_schema(flag_spec: dict) -> None:
+    """Clients that validate what they receive (flagd's Go and Java providers) accept every flag set."""
+    assert definition_problem("f", flag_definition(flag_spec)) is None

@@ -33,7 +33,7 @@ from typing import Any
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.exception import OpenFeatureError
 
-from flag_scheduler.targeting import size_problem, targeting_problem
+from flag_scheduler.targeting import definition_problem, size_problem, targeting_problem
 from flag_scheduler.variants import MAX_STRING_VALUE as MAX_STRING
 from flag_scheduler.variants import MAX_VARIANTS, MAX_WEIGHT
 
@@ -142,7 +142,10 @@ def _combined(rule: dict[str, Any] | None, split: dict[str, Any] | None) -> dict
 
 
 def _check_loads(definition: dict[str, Any]) -> None:
-    """flagd's evaluator must accept the definition: a flag set is never sent broken."""
+    """flagd's schema and evaluator must accept the definition: a flag set is never sent broken."""
+    problem = definition_problem("flag", definition)
+    if problem is not None:
+        raise ValueError(problem)
     try:
         FlagdCore().set_flags({"flags": {"flag": json.loads(json.dumps(definition))}})
     except (OpenFeatureError, ValueError, TypeError) as err:
