@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 API_VERSION = "flagscheduler.dev/v1alpha1"
 COLOURS = {"blue": "#00f", "green": "#0f0", "red": "#f00"}
 ACME_GREEN = {"if": [{"in": [{"var": "tenant"}, ["acme", "globex"]]}, "green", None]}
-BETA_RED = {"if": [{"==": [{"var": "beta"}, True]}, "red", None]}
+BETA_RED = {"var": "preferredColour"}  # another operator than ACME_GREEN's: a merge patch would keep both
 SPLIT = [{"variant": "blue", "weight": 50}, {"variant": "green", "weight": 30}, {"variant": "red", "weight": 20}]
 THEME: dict[str, Any] = {"enabled": True, "type": "string", "variants": {"string": COLOURS},
                          "defaultVariant": "blue", "split": SPLIT, "targeting": ACME_GREEN}
