@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 import kopf
 
 from flag_scheduler import failpoints
 from flag_scheduler.config import load_settings
 from flag_scheduler.logs import configure_logging
 
+MAX_RECURSION = 60_000  # the API server's decoder refuses JSON nested more than 10,000 levels
+
 
 def main() -> None:
     """Validate configuration, set up logging, run Kopf against $KUBECONFIG or the in-cluster config."""
+    # A typed flag's targeting rule and object variants are free-form JSON, which the API server
+    # admits nested up to 10,000 levels. Python's JSON decoder recurses once per level and Kopf
+    # deep-copies every object it sees (three Python frames per level): with the default limit
+    # (1,000) one such flag would break the watch of every flag. Pure Python calls take no C stack
+    # in CPython 3.11+, and the decoder's 10,000 levels fit the main thread's stack (tested with
+    # the deepest flag the API server admits).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), MAX_RECURSION))
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     failpoints.arm(failpoints.parse(settings.failpoints))

@@ -32,6 +32,7 @@ from flag_scheduler.models import (
     GROUP,
     SCHEDULES,
     VERSION,
+    FeatureFlagSpec,
     FlagSchedule,
     ObjectRef,
     rfc3339,
@@ -179,13 +180,15 @@ class Kube:
             raise
 
     async def patch_flag_spec(
-        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime, recent_uids: str = ""
+        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime, recent_uids: str = "",
+        current: FeatureFlagSpec | None = None,
     ) -> dict[str, Any]:
         """Apply a schedule's updates and its marker to the flag, in one request.
 
         The marker (annotations) names the schedule, its uid and ``scheduledAt`` (exactly once and
         forward only), when it landed, the leader term that wrote it (fencing), and the uids of the
-        last few schedules that landed (``recent_uids``, this one first).
+        last few schedules that landed (``recent_uids``, this one first). ``current`` is the flag's
+        spec the preconditions hold it to: a new targeting rule replaces its rule whole.
         """
         notes = {
             ANNOTATION_SCHEDULE: schedule.ref.name,
@@ -195,7 +198,7 @@ class Kube:
             ANNOTATION_FENCING_TOKEN: fencing_token,
             ANNOTATION_RECENT_UIDS: recent_uids,
         }
-        body = {**_preconditions(flag, notes), "spec": schedule.spec.updates.as_patch()}
+        body = {**_preconditions(flag, notes), "spec": schedule.spec.updates.as_patch(current)}
         return await self._patch(FLAGS, flag, body)
 
     async def fence_flag(self, flag: ObjectRef, fencing_token: str) -> dict[str, Any]:
@@ -207,6 +210,14 @@ class Kube:
         body = {**_preconditions(ref), "status": status}
         return await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, ref.namespace, SCHEDULES, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )
+
+    async def patch_flag_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
+        """Write a flag's status (its ``InvalidSpec`` condition), preconditioned like every write."""
+        body = {**_preconditions(ref), "status": status}
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ref.namespace, FLAGS, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
             _request_timeout=self.timeout,
         )
 

@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flag_scheduler.targeting import targeting_problem
+from flag_scheduler.variants import MAX_VARIANT_NAME, MAX_VARIANTS, FlagType, SplitShare, Variants, replacing
+
 GROUP = "flagscheduler.dev"
 VERSION = "v1alpha1"
 FLAGS = "featureflags"
@@ -84,11 +87,16 @@ class Condition(_Model):
 
 
 class FeatureFlagSpec(_Model):
-    """The desired state of a feature flag."""
+    """The desired state of a feature flag: on/off with a rollout, or typed with variants."""
 
     enabled: bool
     rollout_percentage: int = Field(default=100, alias="rolloutPercentage", ge=0, le=100)
     description: str | None = Field(default=None, max_length=1024)
+    type: FlagType | None = None  # None: boolean
+    variants: Variants | None = None
+    default_variant: str | None = Field(default=None, alias="defaultVariant", min_length=1, max_length=MAX_VARIANT_NAME)
+    split: list[SplitShare] | None = Field(default=None, max_length=MAX_VARIANTS)
+    targeting: dict[str, Any] | None = None
 
 
 class FeatureFlagStatus(_Model):
@@ -109,10 +117,29 @@ class FlagUpdates(_Model):
     enabled: bool | None = None
     rollout_percentage: int | None = Field(default=None, alias="rolloutPercentage", ge=0, le=100)
     description: str | None = Field(default=None, max_length=1024)
+    default_variant: str | None = Field(default=None, alias="defaultVariant", min_length=1, max_length=MAX_VARIANT_NAME)
+    split: list[SplitShare] | None = Field(default=None, max_length=MAX_VARIANTS)
+    targeting: dict[str, Any] | None = None
 
-    def as_patch(self) -> dict[str, Any]:
-        """The flag spec fields to merge-patch, by their API names."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+    @field_validator("targeting")
+    @classmethod
+    def _flagd_rule(cls, rule: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The rule must pass flagd's schema: the flag server would not serve it otherwise."""
+        problem = None if rule is None else targeting_problem(rule, "targeting")
+        if problem is not None:
+            raise ValueError(problem)
+        return rule
+
+    def as_patch(self, current: FeatureFlagSpec | None = None) -> dict[str, Any]:
+        """The flag spec fields to merge-patch, by their API names.
+
+        ``targeting`` replaces the flag's rule whole: a merge patch would otherwise merge the two
+        rules' objects key by key, so keys of the ``current`` rule that the new one lacks are nulled.
+        """
+        patch = self.model_dump(by_alias=True, exclude_none=True)
+        if self.targeting is not None and current is not None and current.targeting is not None:
+            patch["targeting"] = replacing(current.targeting, self.targeting)
+        return patch
 
 
 class RetryPolicy(_Model):

@@ -178,6 +178,18 @@ def test_changing_the_updates_of_someone_elses_schedule_needs_the_flag_too(kubec
     assert kubectl.json("get", "fs", "go-live", "-n", flags)["spec"]["updates"] == {"enabled": True}
 
 
+def test_changing_anything_inside_a_scheduled_targeting_rule_needs_the_flag(kubectl: Kubectl, flags: str) -> None:
+    """The policy sees the whole rule: swapping one operator for another of the same size is a change."""
+    rule = {"in": [{"var": "tenant"}, ["acme"]]}
+    accepted(create(kubectl, flags, schedule("rule", "checkout-v2", updates={"targeting": rule})))
+    grant(kubectl, flags, "carol", "get,update,patch", "flagschedules.flagscheduler.dev")
+    wait_can(kubectl, flags, "carol", "patch", "flagschedules.flagscheduler.dev")
+    swapped = {"targeting": {"in": None, "==": [{"var": "tenant"}, ["acme"]]}}
+    refused(patch(kubectl, flags, "fs/rule", {"spec": {"updates": swapped}}, user="carol"),
+            SCHEDULE_POLICY, 'user "carol" may not patch featureflags.flagscheduler.dev "checkout-v2"')
+    assert kubectl.json("get", "fs", "rule", "-n", flags)["spec"]["updates"]["targeting"] == rule
+
+
 @pytest.mark.parametrize("who", ["cluster-admin", "namespace-admin", "namespace-editor"])
 def test_users_who_may_patch_every_flag_schedule_freely(kubectl: Kubectl, flags: str, who: str) -> None:
     user = {"cluster-admin": "admin", "namespace-admin": "alice", "namespace-editor": "bob"}[who]

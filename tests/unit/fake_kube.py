@@ -85,7 +85,7 @@ class FakeKube:
         return copy.deepcopy(obj)
 
     async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule, token: str, now: datetime,
-                              recent_uids: str = "") -> dict:
+                              recent_uids: str = "", current: Any = None) -> dict:
         def change(obj: dict[str, Any]) -> None:
             obj["metadata"].setdefault("annotations", {}).update({
                 ANNOTATION_SCHEDULE: schedule.ref.name, ANNOTATION_SCHEDULE_UID: schedule.ref.uid,
@@ -93,7 +93,7 @@ class FakeKube:
                 ANNOTATION_APPLIED_AT: rfc3339(now), ANNOTATION_FENCING_TOKEN: token,
                 ANNOTATION_RECENT_UIDS: recent_uids,
             })
-            obj["spec"].update(schedule.spec.updates.as_patch())
+            obj["spec"].update(schedule.spec.updates.as_patch(current))
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return self._write(FLAGS, flag, change, "patch_flag_spec")
 

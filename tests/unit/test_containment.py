@@ -55,15 +55,16 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.patch_flag_spec(ref, schedule, "t", now)
     await kube.fence_flag(ref, "t")
     await kube.patch_schedule_status(ref, {})
+    await kube.patch_flag_status(ref, {})
     await kube.set_owner(ref, [])
     await kube.delete_schedule(ref)
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
     await kube.list_admission_policies()
-    assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
-                                     "delete_schedule", "post_event", "list_pages", "list_admission_policies"]), \
-        "a new request: test it here"
+    assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status",
+                                     "patch_flag_status", "set_owner", "delete_schedule", "post_event",
+                                     "list_pages", "list_admission_policies"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls + kube.admission.calls
     assert len(calls) == len(public) + 1  # list_admission_policies makes two requests
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls

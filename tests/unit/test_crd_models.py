@@ -11,7 +11,7 @@ import enum
 import types
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import pytest
@@ -31,6 +31,8 @@ from flag_scheduler.models import (
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 ROOT_IGNORED = {"apiVersion", "kind", "metadata"}  # standard object fields, not in the models
+# Keywords of a map (``dict[str, X]``) that ``Comparison.mapping`` compares itself.
+MAPS = {"additionalProperties", "minProperties", "maxProperties", "x-kubernetes-preserve-unknown-fields"}
 
 # Schema keywords that say nothing the models could mirror.
 DOCUMENTATION = {"description", "format", "x-kubernetes-list-map-keys"}
@@ -56,6 +58,20 @@ ALLOWED = {
     "FlagScheduleSpec.scheduledAt:pattern": "the shape of an RFC 3339 date-time; pydantic parses it",
     "FlagScheduleStatus:x-kubernetes-validations": "CEL: a coherent status that only moves forward, checked on write",
     "FeatureFlagStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
+    # Typed flags: the rules across fields (one type, defaultVariant and split among the variants,
+    # variant names) are the API server's; the operator checks the same again when it serves a
+    # flag (flag_definitions), since a flag may predate them.
+    "FeatureFlagSpec:x-kubernetes-validations": "CEL: typed flags' cross-field rules, checked again when served",
+    "Variants:minProperties": "exactly one type's map: CEL and flag_definitions",
+    "Variants:maxProperties": "exactly one type's map: CEL and flag_definitions",
+    "Variants.boolean:x-kubernetes-validations": "CEL: variant names, checked again when served",
+    "Variants.string:x-kubernetes-validations": "CEL: variant names, checked again when served",
+    "Variants.number:x-kubernetes-validations": "CEL: variant names, checked again when served",
+    "Variants.object:x-kubernetes-validations": "CEL: variant names, checked again when served",
+    "FeatureFlagSpec.split:x-kubernetes-list-type": "map list keyed by variant: unique variants, API server",
+    "FeatureFlagSpec.split:x-kubernetes-validations": "CEL: a weight above 0, checked again when served",
+    "FlagUpdates.split:x-kubernetes-list-type": "map list keyed by variant: unique variants, API server",
+    "FlagUpdates.split:x-kubernetes-validations": "CEL: a weight above 0, checked by the API server",
     "FlagScheduleStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
 }
 
@@ -126,8 +142,14 @@ class Comparison:
     def value(self, schema: dict[str, Any], annotation: Any, metadata: list[Any], key: str, path: str) -> None:
         """Compare one value's schema with its annotation and its constraint metadata."""
         annotation = unwrap_optional(annotation)
+        if get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            metadata = [*metadata, *(m for info in extra for m in getattr(info, "metadata", [info]))]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             self.object(schema, annotation, path)
+            return
+        if get_origin(annotation) is dict:
+            self.mapping(schema, annotation, metadata, key, path)
             return
         self.keywords(schema, key, path)
         expected_type = json_type(annotation)
@@ -143,6 +165,25 @@ class Comparison:
                 self.differ(f"{key}:items", path, "model is a list, schema has no items")
             else:
                 self.value(schema["items"], item, [], f"{key}[]", f"{path}[]")
+
+    def mapping(self, schema: dict[str, Any], annotation: Any, metadata: list[Any], key: str, path: str) -> None:
+        """A ``dict[str, X]``: an object whose ``additionalProperties`` are X; ``dict[str, Any]`` is free JSON."""
+        self.keywords({k: v for k, v in schema.items() if k not in MAPS}, key, path)
+        if schema.get("type") != "object":
+            self.differ(f"{key}:type", path, f"schema type {schema.get('type')!r}, model {annotation!r}")
+        found = constraints_of(metadata, "object")
+        for keyword in ("minProperties", "maxProperties"):
+            if schema.get(keyword) != found.get(keyword):
+                self.differ(f"{key}:{keyword}", path, f"schema {schema.get(keyword)!r} != model {found.get(keyword)!r}")
+        _, item = get_args(annotation)
+        free = {"x-kubernetes-preserve-unknown-fields": True}
+        if item is Any:
+            if not (schema.get("x-kubernetes-preserve-unknown-fields") or schema.get("additionalProperties") == free):
+                self.differ(f"{key}:x-kubernetes-preserve-unknown-fields", path, "model holds any JSON, schema does not")
+        elif "additionalProperties" not in schema:
+            self.differ(f"{key}:additionalProperties", path, "model is a dict, schema has no additionalProperties")
+        else:
+            self.value(schema["additionalProperties"], item, [], f"{key}{{}}", f"{path}{{}}")
 
     def constraints(self, schema: dict[str, Any], model: dict[str, Any], key: str, path: str) -> None:
         for keyword in sorted({"minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern"}):
@@ -178,14 +219,18 @@ def json_type(annotation: Any) -> str | None:
         return "string"
     if isinstance(annotation, type) and issubclass(annotation, str):  # str and StrEnums
         return "string"
+    if annotation is float:
+        return "number"
     if get_origin(annotation) is list:
         return "array"
+    if get_origin(annotation) is dict:
+        return "object"
     return None
 
 
 def constraints_of(metadata: list[Any], json_type: str | None) -> dict[str, Any]:
     """Pydantic field metadata (annotated_types objects) as OpenAPI keywords."""
-    length = "Items" if json_type == "array" else "Length"
+    length = {"array": "Items", "object": "Properties"}.get(json_type or "", "Length")
     found: dict[str, Any] = {}
     for item in metadata:
         if isinstance(item, annotated_types.Ge):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from openfeature.evaluation_context import EvaluationContext
+
 from flag_scheduler.serving.flag_store import FlagStore
 
 
@@ -64,13 +66,53 @@ def test_namespaces_are_apart() -> None:
     assert not other.replaced.is_set()
 
 
-def test_a_flag_that_becomes_unservable_stops_being_served() -> None:
+def test_a_flag_that_becomes_invalid_keeps_its_last_valid_definition() -> None:
     store = FlagStore()
-    store.put(flag("a"))
+    store.put(flag("a", rollout=30))
+    served = store.snapshot("team-a")
     broken = flag("a")
     broken["spec"] = {"rolloutPercentage": 50}  # no enabled: the CRD forbids it, the store survives it
     store.put(broken)
+    assert store.snapshot("team-a") is served and not served.replaced.is_set()
+    assert flags_of(store)["a"]["targeting"] == {"fractional": [["on", 30], ["off", 70]]}
+    store.put(flag("a", rollout=60))  # valid again: served at once
+    assert served.replaced.is_set() and flags_of(store)["a"]["targeting"]["fractional"][0] == ["on", 60]
+
+
+def test_a_typed_flag_with_a_bad_rule_keeps_serving_its_last_valid_rule() -> None:
+    store = FlagStore()
+    good = typed("theme", targeting={"if": [{"in": [{"var": "tenant"}, ["acme"]]}, "green", None]})
+    store.put(good)
+    store.put(typed("theme", targeting={"fractional": "oops"}))
+    assert flags_of(store)["theme"]["targeting"] == good["spec"]["targeting"]
+
+
+def test_a_flag_never_valid_is_not_served_and_its_namesake_is_not_kept() -> None:
+    store = FlagStore()
+    store.put(typed("theme", default="purple"))
     assert flags_of(store) == {}
+    store.put(flag("b"))
+    store.put({**flag("b", uid="u2"), "spec": {"enabled": "yes"}})  # another object under the name
+    assert flags_of(store) == {}
+
+
+def test_each_flag_is_evaluated_with_the_resolve_method_of_its_type() -> None:
+    store = FlagStore()
+    store.put(typed("theme"))
+    store.put(typed("limit", kind="number", variants={"small": 10, "large": 50}, default="large"))
+    store.put(typed("ratio", kind="number", variants={"low": 0.5, "high": 2}, default="low"))
+    store.put(typed("pricing", kind="object", variants={"basic": {"eur": 9}}, default="basic"))
+    store.put(flag("on-off"))
+    snap = store.snapshot("team-a")
+    got = {key: snap.evaluate(key, EvaluationContext("user-1")).value for key in snap.keys}
+    assert got == {"theme": "#00f", "limit": 50, "ratio": 0.5, "pricing": {"eur": 9}, "on-off": True}
+
+
+def typed(name: str, kind: str = "string", variants: dict | None = None, default: str = "blue", **spec: Any) -> dict:
+    body = flag(name)
+    variants = variants or {"blue": "#00f", "green": "#0f0"}
+    body["spec"] = {"enabled": True, "type": kind, "variants": {kind: variants}, "defaultVariant": default, **spec}
+    return body
 
 
 def test_close_wakes_every_reader() -> None:

@@ -98,7 +98,7 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
         failpoints.reach("apply.before-flag-patch")
         try:
             body = await ctx.kube.patch_flag_spec(
-                flag.ref, schedule, ctx.fencing_token(), ctx.clock(), flag.marker.after(schedule.ref.uid)
+                flag.ref, schedule, ctx.fencing_token(), ctx.clock(), flag.marker.after(schedule.ref.uid), flag.spec
             )
         except ApiException as err:
             if err.status == 409:

@@ -21,6 +21,7 @@ from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.scheduling.readiness import serve_readiness
+from flag_scheduler.scheduling.flag_validity import FlagValidity
 from flag_scheduler.serving.servers import Serving
 
 log = get_logger()
@@ -42,6 +43,7 @@ class Runtime:
         self.serving: Serving | None = None
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
+        self.validity = FlagValidity(self.ctx)
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
@@ -72,6 +74,7 @@ class Runtime:
             for body in page:
                 runtime.book.observe_flag(None, body)
                 runtime.flag_store.put(body)
+                runtime.validity.observe(None, body, leading=False)
         async for page in kube.list_pages(SCHEDULES, settings.namespaces):
             for body in page:
                 runtime.book.observe_schedule(None, body)
@@ -94,6 +97,7 @@ class Runtime:
         """Became leader: plan every flag from the (warm) book and start applying."""
         self.dispatcher.leading.set()
         self.dispatcher.replan_all()
+        self.validity.write_all()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
@@ -108,6 +112,7 @@ class Runtime:
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
         self.flag_store.observe(event_type, body)
+        self.validity.observe(event_type, body, leading=self.dispatcher.leading.is_set())
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)

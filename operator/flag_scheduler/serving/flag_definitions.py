@@ -1,6 +1,6 @@
 """FeatureFlag → flagd flag definition: what OpenFeature SDKs evaluate. Pure: no I/O, no clients.
 
-Every FeatureFlag is a boolean flag with the variants ``on`` (true) and ``off`` (false):
+A FeatureFlag without ``variants`` is an on/off flag with the variants ``on`` (true) and ``off`` (false):
 
 - disabled → ``defaultVariant: off``. Never flagd's ``state: DISABLED``: with it an SDK returns the
   application's code default, so a flag switched off would read as *on* wherever the code defaults
@@ -11,9 +11,16 @@ Every FeatureFlag is a boolean flag with the variants ``on`` (true) and ``off`` 
   evaluation's targeting key. ``on`` comes first, so a key in the bucket at p stays in it at any
   larger p: growing a rollout only adds users. An evaluation without a targeting key gets ``off``.
 
+A typed flag (``variants``) maps field for field (``typed_definition``): ``variants.<type>`` →
+``variants``, ``defaultVariant`` → ``defaultVariant``, ``split`` → a ``fractional`` rule (entries of
+weight 0 left out), ``targeting`` → ``targeting``. With both, the rule runs first and the split
+decides where it returns null: ``{"if": [{"!==": [rule, null]}, rule, split]}``. Disabled → only
+``defaultVariant``, static. Everything the CRD checks is checked again here, with flagd's targeting
+schema and the size bounds the API server cannot apply, because a flag may predate the CRD's rules.
+
 A namespace's flags form one flag set (flagd's configuration document) keyed by the flags' names,
-with the namespace as its ``flagSetId`` metadata. Only the name, ``enabled`` and
-``rolloutPercentage`` are served: descriptions, labels and annotations are not.
+with the namespace as its ``flagSetId`` metadata. Only the name and the fields above are served:
+descriptions, labels and annotations are not.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from openfeature.contrib.tools.flagd.core import FlagdCore
+from openfeature.exception import OpenFeatureError
+
+from flag_scheduler.targeting import definition_problem, size_problem, targeting_problem
+from flag_scheduler.variants import MAX_STRING_VALUE as MAX_STRING
+from flag_scheduler.variants import MAX_VARIANTS, MAX_WEIGHT
 
 SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 VARIANTS = {"on": True, "off": False}
@@ -33,6 +47,8 @@ def flag_definition(spec: Mapping[str, Any]) -> dict[str, Any]:
     enabled = spec.get("enabled")
     if not isinstance(enabled, bool):
         raise ValueError(f"spec.enabled must be a boolean, got {enabled!r}")
+    if any(field in spec for field in TYPED_FIELDS) or spec.get("type", "boolean") != "boolean":
+        return typed_definition(spec, enabled)
     rollout = spec.get("rolloutPercentage", 100)
     if isinstance(rollout, bool) or not isinstance(rollout, int) or not 0 <= rollout <= 100:
         raise ValueError(f"spec.rolloutPercentage must be an integer 0..100, got {rollout!r}")
@@ -45,6 +61,95 @@ def flag_definition(spec: Mapping[str, Any]) -> dict[str, Any]:
         definition["defaultVariant"] = "off"
         definition["targeting"] = {"fractional": [["on", rollout], ["off", 100 - rollout]]}
     return definition
+
+
+TYPED_FIELDS = ("variants", "defaultVariant", "split", "targeting")
+# What the CRD admits as each type's values (flagd: an object variant is a JSON object).
+VALUE_TYPES: dict[str, tuple[type, ...]] = {"boolean": (bool,), "string": (str,), "number": (int, float), "object": (dict,)}
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def typed_definition(spec: Mapping[str, Any], enabled: bool) -> dict[str, Any]:
+    """The flagd definition of a typed flag (``variants``); ValueError naming the field."""
+    variants = typed_variants(spec)
+    default = spec.get("defaultVariant")
+    if default not in variants:
+        raise ValueError(f"spec.defaultVariant must be one of the variants in spec.variants, got {default!r}")
+    if spec.get("rolloutPercentage", 100) != 100:
+        raise ValueError("spec.rolloutPercentage applies only to on/off flags without spec.variants; use spec.split")
+    split = split_rule(spec.get("split"), variants)
+    rule = spec.get("targeting")
+    if rule is not None:
+        problem = targeting_problem(rule)
+        if problem is not None:
+            raise ValueError(problem)
+    definition: dict[str, Any] = {"state": "ENABLED", "variants": variants, "defaultVariant": default}
+    targeting = _combined(rule or None, split) if enabled else None
+    if targeting is not None:
+        definition["targeting"] = targeting
+    _check_loads(definition)
+    return definition
+
+
+def typed_variants(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec.variants.<type>``, checked: one type, the type's values, names and bounds."""
+    kind = spec.get("type", "boolean")
+    if kind not in VALUE_TYPES:
+        raise ValueError(f"spec.type must be one of {', '.join(VALUE_TYPES)}, got {kind!r}")
+    holder = spec.get("variants")
+    if not isinstance(holder, Mapping) or list(holder) != [kind]:
+        raise ValueError(f"spec.variants must hold the values under the name of spec.type: spec.variants.{kind}")
+    variants = holder[kind]
+    where = f"spec.variants.{kind}"
+    if not isinstance(variants, Mapping) or not 1 <= len(variants) <= MAX_VARIANTS:
+        raise ValueError(f"{where} must name 1 to {MAX_VARIANTS} variants")
+    for name, value in variants.items():
+        if not _VARIANT_NAME.fullmatch(name):
+            raise ValueError(f"{where}: {name[:80]!r} is not a variant name (1 to 63 letters, digits, -, _ or .)")
+        if isinstance(value, bool) != (kind == "boolean") or not isinstance(value, VALUE_TYPES[kind]):
+            raise ValueError(f"{where}.{name} must be a {kind}, got {type(value).__name__}")
+        if kind == "string" and len(value) > MAX_STRING:
+            raise ValueError(f"{where}.{name} is longer than {MAX_STRING} characters")
+        if kind == "object" and (problem := size_problem(value, f"{where}.{name}")):
+            raise ValueError(problem)
+    return dict(variants)
+
+
+def split_rule(split: Any, variants: Mapping[str, Any]) -> dict[str, Any] | None:
+    """flagd's ``fractional`` rule for ``spec.split`` (None for no split); ValueError naming the field."""
+    if split is None or split == []:
+        return None
+    if not isinstance(split, list) or len(split) > MAX_VARIANTS:
+        raise ValueError(f"spec.split must be a list of at most {MAX_VARIANTS} {{variant, weight}}")
+    shares: dict[str, int] = {}
+    for i, share in enumerate(split):
+        variant, weight = (share.get("variant"), share.get("weight")) if isinstance(share, Mapping) else (None, None)
+        if variant not in variants or variant in shares:
+            raise ValueError(f"spec.split[{i}].variant must be a variant of spec.variants, once, got {variant!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"spec.split[{i}].weight must be an integer 0..{MAX_WEIGHT}, got {weight!r}")
+        shares[variant] = weight
+    if not any(shares.values()):
+        raise ValueError("spec.split needs at least one weight above 0")
+    return {"fractional": [[variant, weight] for variant, weight in shares.items() if weight > 0]}
+
+
+def _combined(rule: dict[str, Any] | None, split: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The served targeting: the rule, then the split where the rule returns null."""
+    if rule is None or split is None:
+        return rule or split
+    return {"if": [{"!==": [rule, None]}, rule, split]}
+
+
+def _check_loads(definition: dict[str, Any]) -> None:
+    """flagd's schema and evaluator must accept the definition: a flag set is never sent broken."""
+    problem = definition_problem("flag", definition)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        FlagdCore().set_flags({"flags": {"flag": json.loads(json.dumps(definition))}})
+    except (OpenFeatureError, ValueError, TypeError) as err:
+        raise ValueError(f"spec: flagd cannot load this flag ({err})") from None
 
 
 def flag_configuration(namespace: str, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,11 @@ built on first use, and an event set once a newer snapshot exists. A sync stream
 and waits on that event; a burst of changes costs one render per reader wake-up, not per change.
 Namespaces without flags keep no state (a selector is whatever a client sends): their snapshots
 share one event, set whenever any namespace gets its first flag.
+
+A flag whose spec cannot be served (it predates a CRD rule, or its targeting fails flagd's schema)
+keeps its last valid definition: clients never get a broken flag set, nor lose a flag because of
+an edit. One that was never valid is not served. The scheduler reports either on the flag
+(condition ``InvalidSpec``); here it is a log line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openfeature.contrib.tools.flagd.core import FlagdCore
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import FlagResolutionDetails
 
 from flag_scheduler.serving.flag_definitions import flag_configuration, flag_definition, render
 from flag_scheduler.logs import get_logger
@@ -35,13 +42,29 @@ class Snapshot:
     etag: str
     replaced: asyncio.Event
     keys: tuple[str, ...]
+    kinds: dict[str, str] = field(default_factory=dict, repr=False)  # flag -> the resolve method's type
     _evaluator: FlagdCore | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, namespace: str, definitions: dict[str, dict[str, Any]], replaced: asyncio.Event) -> Snapshot:
         text = render(flag_configuration(namespace, definitions))
         etag = hashlib.sha256(text.encode()).hexdigest()[:24]
-        return cls(namespace, text, etag, replaced, tuple(sorted(definitions)))
+        kinds = {name: value_kind(d["variants"]) for name, d in definitions.items()}
+        return cls(namespace, text, etag, replaced, tuple(sorted(definitions)), kinds)
+
+    def evaluate(self, key: str, context: EvaluationContext) -> FlagResolutionDetails[Any]:
+        """Evaluate one flag with the resolve method of its type (flagd's core checks the type)."""
+        core = self.evaluator()
+        kind = self.kinds.get(key, "boolean")
+        if kind == "string":
+            return core.resolve_string_value(key, "", context)
+        if kind == "integer":
+            return core.resolve_integer_value(key, 0, context)
+        if kind == "float":
+            return core.resolve_float_value(key, 0.0, context)
+        if kind == "object":
+            return core.resolve_object_value(key, {}, context)
+        return core.resolve_boolean_value(key, False, context)
 
     def evaluator(self) -> FlagdCore:
         """flagd's own evaluator (openfeature-flagd-core, as in the in-process providers) on this set."""
@@ -79,14 +102,17 @@ class FlagStore:
         """Serve this flag; readers are woken only if its definition changed."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        old = self._flags.get(namespace, {}).get(name)
         try:
             definition = flag_definition(body.get("spec") or {})
         except ValueError as err:
-            log.warning("flags.unservable", namespace=namespace, flag=name, error=str(err))
-            self.drop(body)
+            kept = old is not None and (not old.uid or old.uid == meta.get("uid"))
+            log.warning("flags.invalid", namespace=namespace, flag=name, error=str(err),
+                        serving="its last valid definition" if kept else "nothing")
+            if old is not None and not kept:  # a namesake's definition: not this flag's
+                self.drop({"metadata": {"namespace": namespace, "name": name}})
             return
         flags = self._flags.setdefault(namespace, {})
-        old = flags.get(name)
         flags[name] = _Entry(meta.get("uid"), definition)
         if old is None or old.definition != definition:
             self._changed(namespace, first=len(flags) == 1 and old is None)
@@ -136,3 +162,15 @@ class FlagStore:
         if first:
             self._appeared.set()
             self._appeared = asyncio.Event()
+
+
+def value_kind(variants: dict[str, Any]) -> str:
+    """Which of flagd's resolve methods a flag with these variants answers: its values' type."""
+    values = list(variants.values())
+    if all(isinstance(v, bool) for v in values):
+        return "boolean"
+    if all(isinstance(v, str) for v in values):
+        return "string"
+    if all(isinstance(v, dict) for v in values):
+        return "object"
+    return "integer" if all(isinstance(v, int) for v in values) else "float"

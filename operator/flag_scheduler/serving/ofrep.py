@@ -97,7 +97,7 @@ async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
 def _evaluate(snap: Snapshot, key: str, context: EvaluationContext) -> dict[str, Any]:
     """One flag as OFREP's evaluation success or failure object."""
     try:
-        details = snap.evaluator().resolve_boolean_value(key, False, context)
+        details = snap.evaluate(key, context)
     except OpenFeatureError as err:
         return {"key": key, "errorCode": err.error_code.value, "errorDetails": err.error_message or str(err)}
     out: dict[str, Any] = {"key": key, "value": details.value, "reason": str(details.reason.value)}
