@@ -58,8 +58,12 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
+    await kube.create("flagschedules", "ns", {})
+    await kube.patch_status("flagcronschedules", ref, {})
+    await kube.set_owners("flagcronschedules", ref, [])
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
-                                     "delete_schedule", "post_event", "list_pages"]), "a new request: test it here"
+                                     "delete_schedule", "post_event", "list_pages", "create", "patch_status",
+                                     "set_owners"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls
     assert len(calls) == len(public)
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
