@@ -196,3 +196,12 @@ def test_history_limits_delete_the_oldest_finished_edge_schedules(
     wait_edge(cluster, "daily-start-203103030800", "Applied")
     wait_for(lambda: set(edge_schedules(cluster)) == {"daily-start-203103030800", "daily-start-203103040800"},
              what="only the newest finished edge and the next one left")
+
+
+def test_get_prints_the_window_columns(cluster: Cluster, kubectl: Any) -> None:
+    cluster.flag("promo")
+    cron(cluster, "hours", "promo", "0 9 * * 1-5", "0 18 * * 1-5")
+    out = kubectl("get", "fcs", "-n", cluster.ns).stdout.splitlines()
+    assert out[0].split() == ["NAME", "FLAG", "START", "END", "TZ", "PHASE", "NEXT-EDGE", "AGE"]
+    assert out[1].split()[:12] == ["hours", "promo", "0", "9", "*", "*", "1-5", "0", "18", "*", "*", "1-5"]
+    assert "Europe/Berlin" in out[1]
