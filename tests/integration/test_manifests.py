@@ -95,6 +95,8 @@ def test_default_install_creates_the_policy_objects(kubectl: Kubectl, operator_m
         ["validatingadmissionpolicy/flag-scheduler-operator-annotations"],
         ["validatingadmissionpolicybinding/flag-scheduler-schedules-need-flag-patch"],
         ["validatingadmissionpolicybinding/flag-scheduler-operator-annotations"],
+        ["validatingadmissionpolicy/flag-scheduler-cron-schedules-need-flag-patch"],
+        ["validatingadmissionpolicybinding/flag-scheduler-cron-schedules-need-flag-patch"],
     ):
         kubectl("get", *args)
 

@@ -46,11 +46,10 @@ async def reconcile(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule])
         rec = recurrence(spec.start.schedule, spec.end.schedule if spec.end else None, spec.time_zone)
     except InvalidRecurrence as err:
         return await _not_ready(ctx, cron, "InvalidSpec", str(err))
-    flag_body = await ctx.kube.get(FLAGS, cron.ref.namespace, spec.flag_ref.name)
-    if flag_body is None:
+    flag = await _flag(ctx, cron)
+    if flag is None:
         message = f"FeatureFlag {spec.flag_ref.name!r} does not exist in namespace {cron.ref.namespace!r}"
         return await _not_ready(ctx, cron, "FlagNotFound", message)
-    flag = FeatureFlag.from_body(flag_body)
     cron = await _owned_by_flag(ctx, cron, flag)
     now = ctx.clock()
     if spec.suspend:
@@ -63,8 +62,9 @@ async def reconcile(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule])
     for schedule in planning.to_withdraw(edges, plan.keep, now):
         await _withdraw(ctx, schedule)
     last = cron.status.last_edge
+    made = {e.ref.name for e in edges}
     if plan.converge is not None:
-        last = await _make_edge(ctx, cron, rec, flag, plan.converge)
+        last = await _make_edge(ctx, cron, rec, flag, plan.converge, made)
         if plan.missed:
             message = (f"{plan.missed} edge(s) after {exact_time(cron.status.last_edge.at)} were not applied"
                        f" (the operator was down or the window suspended); applied only the latest,"
@@ -72,7 +72,7 @@ async def reconcile(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule])
             ctx.event_about(cron.ref, KIND, "Warning", "EdgesMissed", message)
             log.warning("cron.edges_missed", missed=plan.missed, edge=exact_time(plan.converge.at))
     if plan.next is not None:
-        await _make_edge(ctx, cron, rec, flag, plan.next)
+        await _make_edge(ctx, cron, rec, flag, plan.next, made)
     await _prune(ctx, cron, edges)
     return await _write_status(ctx, cron, plan.phase, last, plan.next, plan.missed)
 
@@ -104,14 +104,29 @@ def edge_schedule(cron: FlagCronSchedule, rec: Recurrence, flag: FeatureFlag, ed
     return body
 
 
-async def _make_edge(ctx: Ctx, cron: FlagCronSchedule, rec: Recurrence, flag: FeatureFlag, edge: Edge) -> LastEdge:
+async def _make_edge(
+    ctx: Ctx, cron: FlagCronSchedule, rec: Recurrence, flag: FeatureFlag, edge: Edge, made: set[str]
+) -> LastEdge:
+    """Create the edge's FlagSchedule unless the watch already showed it (``made``)."""
     body = edge_schedule(cron, rec, flag, edge)
-    try:
-        await ctx.kube.create(SCHEDULES, cron.ref.namespace, body)
-    except ApiException as err:
-        if err.status != 409:  # AlreadyExists: an earlier run (or another replica's term) made it
-            raise
-    return LastEdge(kind=edge.kind.value, at=edge.at, schedule=body["metadata"]["name"])
+    name = body["metadata"]["name"]
+    if name not in made:
+        try:
+            await ctx.kube.create(SCHEDULES, cron.ref.namespace, body)
+        except ApiException as err:
+            if err.status != 409:  # AlreadyExists: an earlier run (or another replica's term) made it
+                raise
+    return LastEdge(kind=edge.kind.value, at=edge.at, schedule=name)
+
+
+async def _flag(ctx: Ctx, cron: FlagCronSchedule) -> FeatureFlag | None:
+    """The window's flag as the watch last showed it, else as the API server has it now."""
+    key = (cron.ref.namespace, cron.spec.flag_ref.name)
+    known = ctx.book.flag(key)
+    if known is not None:
+        return known
+    body = await ctx.kube.get(FLAGS, *key)
+    return None if body is None else FeatureFlag.from_body(body)
 
 
 async def _withdraw(ctx: Ctx, schedule: FlagSchedule) -> None:
@@ -140,6 +155,14 @@ async def _prune(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule]) ->
 async def _owned_by_flag(ctx: Ctx, cron: FlagCronSchedule, flag: FeatureFlag) -> FlagCronSchedule:
     """Make the flag the FlagCronSchedule's owner, so deleting the flag deletes the window too."""
     flags = {o.get("uid") for o in cron.owner_references if o.get("kind") == "FeatureFlag"}
+    if flags == {flag.ref.uid}:
+        return cron
+    # The owner's uid as the API server has it now, never a remembered one: an owner that was
+    # deleted (and re-created under the name) would have the garbage collector delete the window.
+    body = await ctx.kube.get(FLAGS, cron.ref.namespace, flag.ref.name)
+    if body is None:
+        return cron
+    flag = FeatureFlag.from_body(body)
     if flags == {flag.ref.uid}:
         return cron
     owners = [*(o for o in cron.owner_references if o.get("kind") != "FeatureFlag"),
