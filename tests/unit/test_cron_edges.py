@@ -245,3 +245,23 @@ def test_what_the_operator_cannot_use_is_refused_naming_the_field(
 def test_zones_come_from_the_pinned_tzdata_package() -> None:
     assert load_zone("Europe/Berlin").key == "Europe/Berlin"
     assert calendar.isleap(2024)  # the leap-day case above relies on it
+
+
+fields = st.lists(st.sampled_from(["*", "0", "5", "L", "LW", "1-5", "*/0", "5#5", "MON", "FEB", "?", "W", "60", "31",
+                                   "29", "2", "1L", "*/61", "0-0", "7", "SUN-SAT", "L-1", "#", "-", ","]),
+                  min_size=5, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields, fields, st.sampled_from(["UTC", "Europe/Berlin", "Australia/Lord_Howe", "Pacific/Apia"]))
+def test_whatever_the_schema_admits_is_refused_by_name_or_computed(start: list[str], end: list[str], zone: str) -> None:
+    """Never an exception other than InvalidRecurrence, never a hang: the controller can always answer."""
+    try:
+        rec = recurrence(" ".join(start), " ".join(end), zone)
+    except InvalidRecurrence as err:
+        assert str(err).startswith(("spec.start.schedule: ", "spec.end.schedule: "))
+        return
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    upcoming, latest = next_edge(rec, now), latest_edge(rec, now)
+    assert upcoming is None or upcoming.at > now
+    assert latest is None or latest.at <= now

@@ -144,6 +144,10 @@ class CronController:
         except (ApiException, *TRANSPORT_ERRORS) as err:
             log.warning("cron.reconcile_failed", namespace=key[0], cron_schedule=key[1], error=describe(err))
             asyncio.get_running_loop().call_later(RETRY_SECONDS, self._enqueue, key)
+        except Exception as err:  # noqa: BLE001 - a bug on one window must not stop a worker for all
+            log.error("cron.reconcile_crashed", namespace=key[0], cron_schedule=key[1], error=describe(err),
+                      exc_info=True)
+            asyncio.get_running_loop().call_later(RETRY_SECONDS * 12, self._enqueue, key)
 
 
 def _older(body: dict[str, Any], known: dict[str, Any] | None) -> bool:
