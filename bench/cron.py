@@ -28,6 +28,7 @@ from cluster import FLAGS, GROUP, VERSION, Cluster, ControlPlane, OperatorProces
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "bench-cron"
 EDGE = datetime(2031, 3, 3, 8, 0, tzinfo=UTC)  # a Monday; every window's next edge
+QUIET = {"FLAG_SCHEDULER_SYNC_PORT": "0", "FLAG_SCHEDULER_OFREP_PORT": "0"}  # no flag serving: not measured here
 
 
 def say(text: str) -> None:
@@ -79,12 +80,12 @@ async def measure(count: int, lead: float) -> dict[str, Any]:
             # its next edge. Then a restart a few seconds before the edge, as after a rolling update.
             started = time.time()
             await asyncio.to_thread(operator.start, [NAMESPACE], 60.0,
-                                    {"FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS": str(EDGE.timestamp() - 3600 - started)})
+                                    {**QUIET, "FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS": str(EDGE.timestamp() - 3600 - started)})
             ready = await _edges_ready(cluster, count, timeout=900)
             say(f"{count} windows converged and their next edges created in {ready - started:.1f} s")
             due = time.time() + lead  # the host's time at which the operator's clock reads EDGE
             await asyncio.to_thread(operator.start, [NAMESPACE], 60.0,
-                                    {"FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS": str(EDGE.timestamp() - due)})
+                                    {**QUIET, "FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS": str(EDGE.timestamp() - due)})
             say(f"restarted; {count} edges due in {due - time.time():.1f} s")
             late = await _lateness(AuditLog(cp.audit_log), due, count, timeout=lead + 120)
         finally:

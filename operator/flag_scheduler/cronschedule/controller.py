@@ -52,6 +52,7 @@ class CronController:
             if self.crons.get(key, {}).get("metadata", {}).get("uid") == meta.get("uid"):
                 self.crons.pop(key, None)
                 self.edges.pop(meta.get("uid", ""), None)
+                self._keys_by_uid.pop(meta.get("uid", ""), None)
             return
         if _older(body, self.crons.get(key)):
             return  # our own write's answer is already here
@@ -65,11 +66,10 @@ class CronController:
         uid = (meta.get("labels") or {}).get(LABEL_CRON_UID)
         if uid is None:
             return
-        owned = self.edges.setdefault(uid, {})
         if event_type == "DELETED":
-            owned.pop(meta["name"], None)
+            self.edges.get(uid, {}).pop(meta["name"], None)
         else:
-            owned[meta["name"]] = body
+            self.edges.setdefault(uid, {})[meta["name"]] = body
         if uid in self._keys_by_uid:
             self._enqueue(self._keys_by_uid[uid])
 
