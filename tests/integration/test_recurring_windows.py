@@ -29,11 +29,14 @@ def clock_before(edge: datetime, lead: float = LEAD) -> str:
     return str((edge - datetime.now(UTC)).total_seconds() - lead)
 
 
+TRACKING = {"app.kubernetes.io/instance": "promo"}  # what Argo CD puts on what it syncs
+
+
 def cron(cluster: Cluster, name: str, flag: str, start: str, end: str | None = None, **spec: Any) -> dict[str, Any]:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FlagCronSchedule",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": TRACKING, "annotations": {"argocd.argoproj.io/tracking-id": "x"}},
         "spec": {"flagRef": {"name": flag}, "timeZone": "Europe/Berlin",
                  "start": {"schedule": start, "updates": {"enabled": True}}, **spec},
     }
@@ -80,6 +83,9 @@ def test_a_window_opens_at_its_start_and_closes_at_its_end(
     end = cluster.get_schedule("hours-end-203103030801")
     assert {o["kind"] for o in end["metadata"]["ownerReferences"]} == {"FlagCronSchedule", "FeatureFlag"}
     assert end["spec"]["scheduledAt"].startswith("2031-03-03T08:01:00")
+    # Argo CD's tracking label and annotation are not copied: it would prune the edges as its own.
+    assert set(end["metadata"]["labels"]) == {"flagscheduler.dev/cron-schedule-uid", "flagscheduler.dev/edge"}
+    assert "argocd.argoproj.io/tracking-id" not in (end["metadata"].get("annotations") or {})
     assert not any(name.startswith("hours-start-20310304") for name in edge_schedules(cluster))
 
     op.stop()  # the end is a minute later: come back just before it

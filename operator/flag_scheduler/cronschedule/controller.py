@@ -28,6 +28,7 @@ log = get_logger()
 Key = tuple[str, str]
 WORKERS = 8
 RETRY_SECONDS = 5.0
+STALE_LEASE_RETRY_SECONDS = 1.0
 
 
 class CronController:
@@ -114,7 +115,10 @@ class CronController:
             key = await self._queue.get()
             self._queued.discard(key)
             if not self.ctx.is_leader():
-                continue  # a leader that cannot renew stops writing; the next term reconciles all
+                # A leader whose last renewal is too old writes nothing, but keeps the work: if the
+                # next renewal succeeds, this term goes on; if the Lease is lost, follow() drops it.
+                asyncio.get_running_loop().call_later(STALE_LEASE_RETRY_SECONDS, self._enqueue, key)
+                continue
             self._running.add(key)
             try:
                 await self._reconcile(key)

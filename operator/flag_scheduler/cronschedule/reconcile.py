@@ -10,6 +10,7 @@ retries and forward only come from the scheduler.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag,
 from flag_scheduler.scheduling.context import Ctx
 
 READY = "Ready"
+_PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cron-plan")
 
 
 async def reconcile(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule]) -> dict[str, Any] | None:
@@ -57,8 +59,10 @@ async def reconcile(ctx: Ctx, cron: FlagCronSchedule, edges: list[FlagSchedule])
             await _withdraw(ctx, schedule)
         await _prune(ctx, cron, edges)
         return await _write_status(ctx, cron, CronPhase.SUSPENDED, cron.status.last_edge, None, 0)
-    # Counting missed edges of a dense expression takes CPU: keep it off the loop the dispatcher runs on.
-    plan = await asyncio.to_thread(planning.plan, rec, cron.ref.name, cron.status.last_edge, now)
+    # Counting missed edges of a dense expression takes CPU: off the loop the dispatcher and the Lease
+    # renewals run on, in one thread, so plans never take turns with the loop eight at a time.
+    plan = await asyncio.get_running_loop().run_in_executor(
+        _PLANNER, planning.plan, rec, cron.ref.name, cron.status.last_edge, now)
     for schedule in planning.to_withdraw(edges, plan.keep, now):
         await _withdraw(ctx, schedule)
     last = cron.status.last_edge
