@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import tzdata
 from kubernetes.client.exceptions import ApiException
 
 from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, rfc3339, wait_for
@@ -74,6 +75,8 @@ def test_a_window_opens_at_its_start_and_closes_at_its_end(
     cluster.flag("promo", enabled=False)
     cron(cluster, "hours", "promo", "0 9 * * 1-5", "1 9 * * 1-5")
     op = start_operator(FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS=clock_before(utc(8, 0)))
+    started = next(line for line in op.log_lines() if line.get("event") == "operator.started")
+    assert started["tzdata"] == tzdata.IANA_VERSION  # the pinned package's tz database, logged at start
     wait_edge(cluster, "hours-start-203103030800", "Applied")
     assert cluster.get_flag("promo")["spec"]["enabled"] is True
     status = wait_cron(cluster, "hours", lambda s: s.get("phase") == "InWindow", "phase InWindow")
