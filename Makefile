@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
+.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -80,16 +80,20 @@ run: venv ## Run the operator against the cluster in $$KUBECONFIG (creates its L
 	@$(KUBECTL) get namespace $(LEASE_NAMESPACE) > /dev/null 2>&1 || $(KUBECTL) create namespace $(LEASE_NAMESPACE)
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation and cron phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/cron.py $(if $(QUICK),--quick,)
 
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 
 bench-propagation: venv binaries ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+
+bench-cron: venv binaries ## Only recurring windows: 1,000 FlagCronSchedules whose edges fall at the same minute
+	$(PY) bench/cron.py $(if $(QUICK),--quick,)
 
 clean: ## Remove the virtualenv and caches inside the checkout
 	rm -rf $(VENV) .pytest_cache .hypothesis .cluster build

@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 # it fails examples for being slow, not wrong. The suite's speed is watched by --durations instead.
 settings.register_profile("flag-scheduler", deadline=None)
 settings.load_profile("flag-scheduler")
-CRD_NAMES = ("crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev")
+CRD_NAMES = (
+    "crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev", "crd/flagcronschedules.flagscheduler.dev",
+)
 
 
 class Kubectl:
@@ -122,7 +124,7 @@ def install(kubectl: Kubectl, kustomization: Path) -> None:
     kubectl("wait", "--for=condition=Established", *CRD_NAMES, "--timeout=60s")
     # Established comes a moment before discovery and the storage serve the new kinds.
     deadline = time.monotonic() + 60
-    while kubectl("get", "featureflags,flagschedules", "-A", check=False).returncode != 0:
+    while kubectl("get", "featureflags,flagschedules,flagcronschedules", "-A", check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise AssertionError("the CRDs were Established but their resources were not served within 60 s")
         time.sleep(0.2)

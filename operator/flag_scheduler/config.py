@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         "", description="Comma-separated failpoints to arm (tests only; see flag_scheduler.failpoints)."
     )
+    clock_offset_seconds: float = Field(
+        0, ge=-315_360_000, le=315_360_000,  # ten years either way
+        description="Tests only: the operator's clock runs this many seconds ahead of the host's (behind if"
+        " negative), so a test can put a minute-granular cron edge a few seconds away. Off (0) by default.",
+    )
     identity: str = Field(
         default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     )

@@ -265,3 +265,25 @@ class Kube:
             "action": reason,
         }
         await self.core.create_namespaced_event(ref.namespace, event, _request_timeout=self.timeout)
+
+    # Controllers of kinds that create FlagSchedules (FlagCronSchedule) use the calls below.
+
+    async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an object; an ApiException 409 (AlreadyExists) if its name is taken."""
+        return await self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, body, field_manager=FIELD_MANAGER, _request_timeout=self.timeout
+        )
+
+    async def patch_status(self, plural: str, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch an object's status, on the condition that it is the same object (uid)."""
+        body = {"metadata": {"uid": ref.uid}, "status": status}
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )
+
+    async def set_owners(self, plural: str, ref: ObjectRef, owners: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace an object's ownerReferences (uid and resourceVersion preconditions)."""
+        body = _preconditions(ref)
+        body["metadata"]["ownerReferences"] = owners
+        return await self._patch(plural, ref, body)

@@ -113,6 +113,8 @@ def test_samples_apply(kubectl: Kubectl, crds: None, namespace: str) -> None:
     assert schedules["checkout-v2-switch-off"]["cancelled"] is True
     assert schedules["checkout-v2-go-live"]["cancelled"] is False  # schema default
     assert kubectl.json("get", "ff", "checkout-v2", "-n", namespace)["spec"]["enabled"] is False
+    window = kubectl.json("get", "fcs", "checkout-v2-business-hours", "-n", namespace)["spec"]
+    assert window["suspend"] is False and window["timeZone"] == "Europe/Berlin"  # suspend: schema default
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ def test_default_install_creates_the_policy_objects(kubectl: Kubectl, operator_m
         ["validatingadmissionpolicy/flag-scheduler-schedule-warnings"],
         ["validatingadmissionpolicybinding/flag-scheduler-schedule-warnings"],
         ["networkpolicy/flag-scheduler-egress", "-n", "flag-scheduler-system"],
+        ["validatingadmissionpolicy/flag-scheduler-cron-schedules-need-flag-patch"],
+        ["validatingadmissionpolicybinding/flag-scheduler-cron-schedules-need-flag-patch"],
     ):
         kubectl("get", *args)
 

@@ -57,6 +57,7 @@ def test_every_kind_has_health_and_flagschedule_has_cancel() -> None:
     assert keys == {
         "resource.customizations.health.flagscheduler.dev_FeatureFlag",
         "resource.customizations.health.flagscheduler.dev_FlagSchedule",
+        "resource.customizations.health.flagscheduler.dev_FlagCronSchedule",
         "resource.customizations.actions.flagscheduler.dev_FlagSchedule",
     }
     actions = expected_data()["resource.customizations.actions.flagscheduler.dev_FlagSchedule"]

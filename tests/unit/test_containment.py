@@ -62,9 +62,13 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     async for _ in kube.list_pages("flagschedules", []):
         pass
     await kube.list_admission_policies()
+    await kube.create("flagschedules", "ns", {})
+    await kube.patch_status("flagcronschedules", ref, {})
+    await kube.set_owners("flagcronschedules", ref, [])
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status",
                                      "patch_flag_status", "set_owner", "delete_schedule", "post_event",
-                                     "list_pages", "list_admission_policies"]), "a new request: test it here"
+                                     "list_pages", "list_admission_policies", "create", "patch_status",
+                                     "set_owners"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls + kube.admission.calls
     assert len(calls) == len(public) + 1  # list_admission_policies makes two requests
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls

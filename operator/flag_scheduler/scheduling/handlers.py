@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from flag_scheduler.cronschedule.model import CRON_SCHEDULES
 from flag_scheduler.kube import PAGE_SIZE
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
 from flag_scheduler.scheduling.runtime import Runtime
@@ -58,3 +59,8 @@ async def schedule_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> No
 @kopf.on.event(GROUP, VERSION, FLAGS)
 async def flag_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.observe_flag(event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, CRON_SCHEDULES)
+async def cron_schedule_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.observe_cron(event.get("type"), event["object"])

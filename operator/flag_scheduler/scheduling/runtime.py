@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes.aio.client import ApiClient
@@ -14,6 +15,9 @@ from flag_scheduler.scheduling.admission_gate import AdmissionGate
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.cronschedule.controller import CronController
+from flag_scheduler.cronschedule.edges import TZDATA_VERSION
+from flag_scheduler.cronschedule.model import CRON_SCHEDULES
 from flag_scheduler.serving.flag_store import FlagStore
 from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
@@ -31,6 +35,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def clock(offset_seconds: float) -> Callable[[], datetime]:
+    """The operator's clock: the host's, shifted by FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS (tests only)."""
+    if not offset_seconds:
+        return utcnow
+    offset = timedelta(seconds=offset_seconds)
+    return lambda: datetime.now(UTC) + offset
+
+
 class Runtime:
     """Everything the handlers need, created once per process."""
 
@@ -41,9 +53,10 @@ class Runtime:
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
         self.flag_store = FlagStore()  # what SDKs read; apart from the book
         self.serving: Serving | None = None
-        self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
+        self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=clock(settings.clock_offset_seconds))
         self.dispatcher = Dispatcher(self.ctx)
         self.validity = FlagValidity(self.ctx)
+        self.crons = CronController(self.ctx)  # FlagCronSchedules: creates edge FlagSchedules
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
@@ -78,6 +91,10 @@ class Runtime:
         async for page in kube.list_pages(SCHEDULES, settings.namespaces):
             for body in page:
                 runtime.book.observe_schedule(None, body)
+                runtime.crons.observe_schedule(None, body)
+        async for page in kube.list_pages(CRON_SCHEDULES, settings.namespaces):
+            for body in page:
+                runtime.crons.observe_cron(None, body)
         try:
             runtime.serving = await Serving.start(settings, runtime.flag_store)
         except BaseException:
@@ -90,7 +107,8 @@ class Runtime:
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
-                 finished_schedules=runtime.book.finished_count())
+                 finished_schedules=runtime.book.finished_count(), cron_schedules=len(runtime.crons.crons),
+                 tzdata=TZDATA_VERSION, clock_offset_seconds=settings.clock_offset_seconds)
         return runtime
 
     async def _lead(self) -> None:
@@ -98,21 +116,29 @@ class Runtime:
         self.dispatcher.leading.set()
         self.dispatcher.replan_all()
         self.validity.write_all()
+        self.crons.lead()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
         self.dispatcher.leading.clear()
+        await self.crons.follow()
         await self.dispatcher.stop()
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a schedule: update the book and re-plan the flags it touched."""
         for flag in self.book.observe_schedule(event_type, body):
             self.dispatcher.plan(flag)
+        self.crons.observe_schedule(event_type, body)
+
+    def observe_cron(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event for a FlagCronSchedule: reconcile it (while leading)."""
+        self.crons.observe_cron(event_type, body)
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
         self.flag_store.observe(event_type, body)
         self.validity.observe(event_type, body, leading=self.dispatcher.leading.is_set())
+        self.crons.observe_flag(event_type, body)
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
@@ -135,6 +161,7 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.crons.follow()
         await self.dispatcher.stop()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
