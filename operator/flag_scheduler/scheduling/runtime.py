@@ -1,4 +1,8 @@
-"""The operator's runtime, built at Kopf startup: client, book, dispatcher, metrics, leadership."""
+"""The scheduler's runtime, built at Kopf startup: client, book, dispatcher, metrics, leadership.
+
+It serves no flags (that is the flag server, ``flag-scheduler serve``) and listens on no port an
+application reaches: only health (Kopf's) and metrics.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.aio.client import ApiClient
-from prometheus_client import start_http_server
 
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
-from flag_scheduler.serving.flag_store import FlagStore
+from flag_scheduler.http_server import Listener, endpoints_app, serve_endpoints
 from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
-from flag_scheduler.serving.servers import Serving
 
 log = get_logger()
 
@@ -36,8 +38,7 @@ class Runtime:
         self.kube = kube
         self.lease_api = lease_api
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
-        self.flag_store = FlagStore()  # what SDKs read; apart from the book
-        self.serving: Serving | None = None
+        self.metrics: Listener | None = None
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
@@ -57,21 +58,21 @@ class Runtime:
             raise
         # The Lease has its own connections: renewals never queue behind flag work or Events.
         runtime = cls(settings, kube, await api_client(pool_size=2))
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port)
-        async for page in kube.list_pages(FLAGS, settings.namespaces):
-            for body in page:
-                runtime.book.observe_flag(None, body)
-                runtime.flag_store.put(body)
-        async for page in kube.list_pages(SCHEDULES, settings.namespaces):
-            for body in page:
-                runtime.book.observe_schedule(None, body)
         try:
-            runtime.serving = await Serving.start(settings, runtime.flag_store)
+            if settings.metrics_port:
+                runtime.metrics = await serve_endpoints(
+                    endpoints_app(), "0.0.0.0", settings.metrics_port, "FLAG_SCHEDULER_METRICS_PORT",
+                    settings.ofrep_keepalive_timeout_seconds)
         except BaseException:
             await kube.close()
             await runtime.lease_api.close()
             raise
+        async for page in kube.list_pages(FLAGS, settings.namespaces):
+            for body in page:
+                runtime.book.observe_flag(None, body)
+        async for page in kube.list_pages(SCHEDULES, settings.namespaces):
+            for body in page:
+                runtime.book.observe_schedule(None, body)
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
@@ -95,15 +96,12 @@ class Runtime:
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
-        self.flag_store.observe(event_type, body)
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
 
     async def close(self) -> None:
-        """Stop serving flags, stop applying, hand the Lease over, close the client."""
-        if self.serving is not None:
-            await self.serving.close()
+        """Stop applying, hand the Lease over, close the client and the metrics endpoint."""
         for task in (self._election, self._task):
             if task is not None:
                 task.cancel()
@@ -114,6 +112,8 @@ class Runtime:
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
         await self.kube.close()
         await self.lease_api.close()
+        if self.metrics is not None:
+            await self.metrics.close()
 
     def healthy(self) -> str | None:
         """Why this replica is unhealthy (for the liveness probe), or None."""
