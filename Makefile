@@ -63,11 +63,14 @@ cluster-up: venv binaries ## Start a local control plane in the background; prin
 cluster-down: venv ## Stop the control plane started by cluster-up
 	@$(PY) $(CONTROLPLANE)/detached.py down
 
-demo: venv binaries ## Start the control plane and the operator, and show a schedule being applied
+demo: venv binaries ## Start the control plane, the scheduler and the flag server, and show a schedule being applied
 	$(PY) hack/demo.py
 
-run: venv ## Run the operator against the cluster in $$KUBECONFIG (creates its Lease namespace if missing)
+run: venv ## Run the scheduler and the flag server against the cluster in $$KUBECONFIG (creates the Lease namespace if missing)
 	@$(KUBECTL) get namespace $(LEASE_NAMESPACE) > /dev/null 2>&1 || $(KUBECTL) create namespace $(LEASE_NAMESPACE)
+	@# One machine: the flag server leaves health and metrics to the scheduler (in a pod each has its own).
+	FLAG_SCHEDULER_HEALTH_PORT=0 FLAG_SCHEDULER_METRICS_PORT=0 $(VENV)/bin/flag-scheduler serve & server=$$!; \
+	trap 'kill $$server 2> /dev/null; wait $$server' EXIT; \
 	$(VENV)/bin/flag-scheduler
 
 bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases

@@ -42,6 +42,7 @@ log = get_logger()
 ECHOED_CHARS = 128
 STORE: web.AppKey[FlagStore] = web.AppKey("store", FlagStore)
 READ_TIMEOUT: web.AppKey[float] = web.AppKey("read_timeout", float)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
 
 class BadRequest(Exception):
@@ -114,8 +115,9 @@ async def _body(request: web.Request) -> bytes:
         return b""
     try:
         return await asyncio.wait_for(request.read(), request.app[READ_TIMEOUT])
-    except web.HTTPRequestEntityTooLarge as err:
-        raise BadRequest(ErrorCode.GENERAL, f"body: larger than {err.max_size} bytes", 413) from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY]
+        raise BadRequest(ErrorCode.GENERAL, f"body: larger than {limit} bytes", 413) from None
     except TimeoutError:
         raise BadRequest(ErrorCode.GENERAL, f"body: not sent within {request.app[READ_TIMEOUT]:g} s", 408) from None
 
@@ -167,6 +169,7 @@ def ofrep_app(store: FlagStore, settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.ofrep_max_body_bytes)
     app[STORE] = store
     app[READ_TIMEOUT] = settings.ofrep_read_timeout_seconds
+    app[MAX_BODY] = settings.ofrep_max_body_bytes
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags", evaluate_all)
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags/{key}", evaluate_one)
     return app
