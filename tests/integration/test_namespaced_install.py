@@ -57,9 +57,9 @@ def overlay_rbac(kubectl: Kubectl, moves: dict[str, str]) -> list[dict[str, Any]
             subject["namespace"] = moves[subject["namespace"]]
         objs.append(obj)
     assert sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs) == [
-        "Role/flag-scheduler-leader-election", "Role/flag-scheduler-operator",
-        "RoleBinding/flag-scheduler-leader-election", "RoleBinding/flag-scheduler-operator",
-        "ServiceAccount/flag-scheduler",
+        "Role/flag-scheduler-flag-reader", "Role/flag-scheduler-leader-election", "Role/flag-scheduler-operator",
+        "RoleBinding/flag-scheduler-flag-reader", "RoleBinding/flag-scheduler-leader-election",
+        "RoleBinding/flag-scheduler-operator", "ServiceAccount/flag-scheduler", "ServiceAccount/flag-server",
     ]
     return objs
 

@@ -56,10 +56,12 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.set_owner(ref, [])
     await kube.delete_schedule(ref)
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
+    await kube.post_operator_event("home", "flag-scheduler", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
-                                     "delete_schedule", "post_event", "list_pages"]), "a new request: test it here"
+                                     "delete_schedule", "post_event", "post_operator_event", "list_pages"]), \
+        "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls
     assert len(calls) == len(public)
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls

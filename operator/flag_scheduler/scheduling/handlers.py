@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from flag_scheduler.kube import PAGE_SIZE
+from flag_scheduler.scheduling.namespace_access import EndlessBackoff
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
 from flag_scheduler.scheduling.runtime import Runtime
 
@@ -30,6 +31,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # thousands of idle workers alive at once, and their memory is never given back.
     settings.watching.chunk_size = PAGE_SIZE
     settings.queueing.idle_timeout = 0.5
+    # A watch or LIST the server refuses (a namespace whose RoleBinding was deleted, an API server
+    # restarting) is retried for as long as it takes, not given up after Kopf's default eight tries
+    # (a given-up watch would leave that namespace unscheduled until a restart).
+    settings.networking.error_backoffs = EndlessBackoff()
     memo.runtime = await Runtime.start(memo.settings)
 
 

@@ -19,6 +19,7 @@ from flag_scheduler.config import Settings
 from flag_scheduler.http_server import Listener, endpoints_app, serve_endpoints
 from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
+from flag_scheduler.scheduling.namespace_access import NamespaceAccess
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
@@ -44,8 +45,10 @@ class Runtime:
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
+        self.access = NamespaceAccess(kube, settings.namespaces, settings.lease_namespace, settings.lease_name, utcnow)
         self._task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
+        self._recheck: asyncio.Task | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -67,17 +70,22 @@ class Runtime:
             await kube.close()
             await runtime.lease_api.close()
             raise
-        async for page in kube.list_pages(FLAGS, settings.namespaces):
-            for body in page:
-                runtime.book.observe_flag(None, body)
-        async for page in kube.list_pages(SCHEDULES, settings.namespaces):
-            for body in page:
-                runtime.book.observe_schedule(None, body)
+        await runtime._load()
+        runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
                  finished_schedules=runtime.book.finished_count())
         return runtime
+
+    async def _load(self) -> None:
+        """Every flag and schedule of the readable watched namespaces into the book (unreadable ones reported)."""
+        async for page in self.access.list_pages(FLAGS):
+            for body in page:
+                self.book.observe_flag(None, body)
+        async for page in self.access.list_pages(SCHEDULES):
+            for body in page:
+                self.book.observe_schedule(None, body)
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
@@ -102,7 +110,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop applying, hand the Lease over, close the client and the metrics endpoint."""
-        for task in (self._election, self._task):
+        for task in (self._recheck, self._election, self._task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
