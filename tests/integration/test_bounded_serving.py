@@ -201,3 +201,73 @@ def _read_all(conn: socket.socket) -> bytes:
     while chunk := conn.recv(65536):
         out += chunk
     return out
+
+
+# -- a flood of readers against the flag server, while the scheduler works ---------------------------
+
+FLOOD_STREAMS = 600  # over 6 connections (the per-connection cap is 100)
+FLOOD_HALF_SENT = 100
+MEMORY_LIMIT_MB = 512  # the flag-server Deployment's limit
+
+
+def streams_open(metrics_port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("flag_scheduler_sync_streams "))
+
+
+def rss_mb(pid: int) -> float:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_flood_of_readers_neither_delays_the_scheduler_nor_stops_the_flag_server_serving(
+    cluster: Cluster, control_plane: ControlPlane, flag_server: Callable[..., FlagServer], tmp_path: Path
+) -> None:
+    from openfeature import api
+    from openfeature.contrib.provider.flagd import FlagdProvider
+    from openfeature.contrib.provider.flagd.config import ResolverType
+    from openfeature.evaluation_context import EvaluationContext
+
+    from operator_harness import OperatorProcess, in_seconds
+
+    for i in range(20):
+        cluster.flag(f"f-{i:02d}", enabled=False, rollout=100)
+    scheduler = OperatorProcess(control_plane.kubeconfig(), [cluster.ns], tmp_path / "scheduler.log").start()
+    metrics_port = free_port()
+    server = flag_server(metrics_port=str(metrics_port))
+    # A well-behaved application, connected before the flood.
+    api.set_provider_and_wait(FlagdProvider(
+        resolver_type=ResolverType.IN_PROCESS, host="127.0.0.1", port=server.sync_port, selector=cluster.ns,
+        deadline_ms=5000, retry_backoff_ms=500, retry_backoff_max_ms=1000), domain="well-behaved")
+    app = api.get_client("well-behaved")
+    channels = [server.channel() for _ in range(FLOOD_STREAMS // 100)]
+    half_sent: list[socket.socket] = []
+    try:
+        # Streams whose client never reads a message, and requests whose headers never finish.
+        streams = [sync_stream(channels[i % len(channels)], cluster.ns) for i in range(FLOOD_STREAMS)]
+        for _ in range(FLOOD_HALF_SENT):
+            conn = socket.create_connection(("127.0.0.1", server.ofrep_port), timeout=20)
+            conn.sendall(f"POST /{cluster.ns}/ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: x\r\n".encode())
+            half_sent.append(conn)
+        wait_for(lambda: streams_open(metrics_port) >= FLOOD_STREAMS + 1, timeout=60,
+                 what="every flood stream open on the flag server")
+        for i in range(5):
+            cluster.schedule(f"on-{i}", f"f-{i:02d}", in_seconds(3 + i * 0.2), {"enabled": True})
+        for i in range(5):
+            cluster.wait_phase(f"on-{i}", "Applied", timeout=30)
+        # The application sees every change; a new OFREP client is served; memory stays in bounds.
+        wait_for(lambda: all(app.get_boolean_value(f"f-{i:02d}", False, EvaluationContext("u")) for i in range(5)),
+                 timeout=20, what="the well-behaved client to see the scheduled changes")
+        assert requests.post(server.ofrep(cluster.ns, "/f-00"), json={}, timeout=10).json()["value"] is True
+        assert rss_mb(server.op.proc.pid) < MEMORY_LIMIT_MB
+        assert streams_open(metrics_port) >= FLOOD_STREAMS + 1, "the flood was still on"
+        assert all(s.running() for s in streams)
+    finally:
+        for conn in half_sent:
+            conn.close()
+        for channel in channels:
+            channel.close()
+        api.shutdown()
+        scheduler.stop()
+    events = [line.get("event") for line in scheduler.log_lines()]
+    assert "leader.acquired" in events and "leader.lost" not in events

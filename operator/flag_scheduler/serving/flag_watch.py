@@ -77,7 +77,7 @@ class FlagWatch:
                           retry_in=RETRY_FORBIDDEN)
                 self._listed(scope)
                 await asyncio.sleep(RETRY_FORBIDDEN)
-            except TRANSPORT_ERRORS as err:
+            except (*TRANSPORT_ERRORS, ValueError) as err:  # ValueError: a line that is not JSON
                 log.warning("flags.watch_failed", namespace=label, error=f"{type(err).__name__}: {err}")
                 await asyncio.sleep(RETRY_ERROR)
 
