@@ -39,7 +39,7 @@ def main() -> None:
         standalone=True,  # Kopf's peering would pause equal peers; leadership is our own Lease
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+        # No Kopf liveness endpoint: the runtime serves /healthz itself, from before its initial LIST.
         memo=kopf.Memo(settings=settings),
     )
 

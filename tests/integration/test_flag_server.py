@@ -220,3 +220,25 @@ def test_a_namespace_whose_binding_is_gone_is_reported_and_skipped_and_comes_bac
                  what="the namespace to be served again without a restart")
     finally:
         server.stop()
+
+
+def test_the_schedulers_healthz_answers_while_its_start_up_requests_are_held(
+    cluster: Cluster, control_plane: ControlPlane, held_proxy: HeldProxy, tmp_path: Path
+) -> None:
+    config = json.loads(control_plane.kubeconfig().read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{held_proxy.port}"
+    kubeconfig = tmp_path / "held.kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    health = free_port()
+    scheduler = OperatorProcess(kubeconfig, [cluster.ns], tmp_path / "scheduler.log",
+                                FLAG_SCHEDULER_HEALTH_PORT=str(health))
+    scheduler.started_event = "endpoints.serving"  # its LIST is held: up, not started
+    scheduler.start()
+    try:
+        assert http_status(f"http://127.0.0.1:{health}/healthz") == 200
+        assert "operator.started" not in [line.get("event") for line in scheduler.log_lines()]
+        held_proxy.released.set()
+        scheduler.wait_log("operator.started")
+        assert http_status(f"http://127.0.0.1:{health}/healthz") == 200
+    finally:
+        scheduler.stop()

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from fake_kube import FakeKube
 from flag_scheduler.scheduling import dispatcher as dispatcher_module
@@ -18,6 +19,7 @@ from flag_scheduler.scheduling import handlers, leader
 from flag_scheduler.scheduling.context import EVENT_BACKLOG, Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.http_server import endpoints_app
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
 from flag_scheduler.models import ObjectRef
@@ -105,13 +107,13 @@ def test_a_leader_whose_loop_stopped_turning_is_unhealthy() -> None:
 
 
 async def test_the_liveness_probe_fails_with_the_reason() -> None:
-    class Sick:
-        def healthy(self) -> str:
-            return "this replica leads but its dispatcher loop has stopped turning"
-
-    memo = kopf.Memo(runtime=Sick())
-    with pytest.raises(kopf.PermanentError, match="stopped turning"):
-        await handlers.dispatcher_alive(memo=memo)
+    problem: list[str] = []
+    async with TestClient(TestServer(endpoints_app(health=lambda: problem[0] if problem else None))) as client:
+        healthy = await client.get("/healthz")
+        assert (healthy.status, await healthy.text()) == (200, "ok")
+        problem.append("this replica leads but its dispatcher loop has stopped turning")
+        sick = await client.get("/healthz")
+        assert (sick.status, await sick.text()) == (500, problem[0])
 
 
 async def test_a_failing_leadership_callback_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:

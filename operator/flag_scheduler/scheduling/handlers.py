@@ -38,16 +38,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.runtime = await Runtime.start(memo.settings)
 
 
-@kopf.on.probe(id="dispatcher")
-async def dispatcher_alive(memo: kopf.Memo, **_: Any) -> str:
-    """Liveness: fails (HTTP 500 on /healthz) when a leader's dispatcher stopped turning."""
-    runtime = getattr(memo, "runtime", None)
-    problem = None if runtime is None else runtime.healthy()
-    if problem is not None:
-        raise kopf.PermanentError(problem)
-    return "ok"
-
-
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime = getattr(memo, "runtime", None)

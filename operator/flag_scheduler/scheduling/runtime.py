@@ -1,7 +1,8 @@
 """The scheduler's runtime, built at Kopf startup: client, book, dispatcher, metrics, leadership.
 
 It serves no flags (that is the flag server, ``flag-scheduler serve``) and listens on no port an
-application reaches: only health (Kopf's) and metrics.
+application reaches: only ``/healthz`` and ``/metrics``, both served from before the initial LIST
+(Kopf's own liveness endpoint would only open after the startup handler, i.e. after that LIST).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Runtime:
         self.kube = kube
         self.lease_api = lease_api
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
-        self.metrics: Listener | None = None
+        self.endpoints: list[Listener] = []
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=utcnow)
         self.dispatcher = Dispatcher(self.ctx)
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
@@ -54,21 +55,13 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        try:
-            await check_lease_namespace(settings, kube.api)
-        except SystemExit:
-            await kube.close()
-            raise
         # The Lease has its own connections: renewals never queue behind flag work or Events.
         runtime = cls(settings, kube, await api_client(pool_size=2))
         try:
-            if settings.metrics_port:
-                runtime.metrics = await serve_endpoints(
-                    endpoints_app(), "0.0.0.0", settings.metrics_port, "FLAG_SCHEDULER_METRICS_PORT",
-                    settings.ofrep_keepalive_timeout_seconds)
+            await runtime._serve_endpoints()
+            await check_lease_namespace(settings, kube.api)
         except BaseException:
-            await kube.close()
-            await runtime.lease_api.close()
+            await runtime._close_clients()
             raise
         await runtime._load()
         runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
@@ -77,6 +70,21 @@ class Runtime:
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
                  finished_schedules=runtime.book.finished_count())
         return runtime
+
+    async def _serve_endpoints(self) -> None:
+        """``/healthz`` and ``/metrics``, before the LIST: a long LIST must not fail the liveness probe."""
+        s = self.settings
+        for port, setting, app in ((s.health_port, "FLAG_SCHEDULER_HEALTH_PORT", endpoints_app(health=self.healthy)),
+                                   (s.metrics_port, "FLAG_SCHEDULER_METRICS_PORT", endpoints_app())):
+            if port:
+                self.endpoints.append(await serve_endpoints(app, "0.0.0.0", port, setting,
+                                                            s.ofrep_keepalive_timeout_seconds))
+
+    async def _close_clients(self) -> None:
+        for listener in self.endpoints:
+            await listener.close()
+        await self.kube.close()
+        await self.lease_api.close()
 
     async def _load(self) -> None:
         """Every flag and schedule of the readable watched namespaces into the book (unreadable ones reported)."""
@@ -118,10 +126,7 @@ class Runtime:
         await self.dispatcher.stop()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
-        await self.kube.close()
-        await self.lease_api.close()
-        if self.metrics is not None:
-            await self.metrics.close()
+        await self._close_clients()
 
     def healthy(self) -> str | None:
         """Why this replica is unhealthy (for the liveness probe), or None."""
