@@ -13,7 +13,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
+.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-serving clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -73,10 +73,14 @@ run: venv ## Run the scheduler and the flag server against the cluster in $$KUBE
 	trap 'kill $$server 2> /dev/null; wait $$server' EXIT; \
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation and serving phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/serving.py $(if $(QUICK),--quick,)
+
+bench-serving: venv binaries ## Only the flag server: stream memory, OFREP rate, 1,000-stream propagation, lateness under a flood
+	$(PY) bench/serving.py $(if $(QUICK),--quick,)
 
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
