@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from conftest import REPO
 from controlplane import _die_with_parent, free_port
@@ -140,6 +142,12 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
         table = c.kubectl("get", "ff,fs").stdout
         assert re.search(r"checkout-v2\s+true\s+25\s", table), table
         assert re.search(r"checkout-v2-go-live\s+checkout-v2\s+\S+\s+Applied\s", table), table
+        # `make run` started the flag server too: an SDK's sync request gets the changed flag.
+        with grpc.insecure_channel(f"127.0.0.1:{ports['FLAG_SCHEDULER_SYNC_PORT']}") as channel:
+            served = wait_for(lambda: json.loads(sync_pb2_grpc.FlagSyncServiceStub(channel).FetchAllFlags(
+                sync_pb2.FetchAllFlagsRequest(selector="default"), timeout=5).flag_configuration)["flags"]
+                .get("checkout-v2", {}).get("targeting"), 30, what="the flag server to serve the 25 % rollout")
+        assert served["fractional"][0] == ["on", 25]
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         run.wait(timeout=30)
@@ -155,6 +163,9 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
     c.kubectl("get", "serviceaccount/flag-scheduler", "role/flag-scheduler-leader-election",
               "-n", "flag-scheduler-system")
     c.kubectl("get", "clusterrole/flag-scheduler-operator", "clusterrolebinding/flag-scheduler-operator")
+    server = json.loads(c.kubectl("get", "deployment", "flag-server", "-n", "flag-scheduler-system",
+                                  "-o", "json").stdout)["spec"]["template"]["spec"]
+    assert server["serviceAccountName"] == "flag-server" and server["containers"][0]["args"] == ["serve"]
 
     assert_down_leaves_nothing(c, "stopped")
     assert "no control plane running" in c.make("cluster-down").stdout
