@@ -72,6 +72,9 @@ def served(control_plane: ControlPlane, kubectl: Kubectl, operator_manifests: No
     yield Served(server, **ports)
     server.stop()
     scheduler.stop()
+    # Every change above reached the clients through the watch, not through LISTs repeated after failures.
+    failed = [line for line in server.log_lines() if line.get("event") == "flags.watch_failed"]
+    assert failed == [], failed[:3]
 
 
 @pytest.fixture

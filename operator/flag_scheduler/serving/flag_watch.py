@@ -111,18 +111,21 @@ class FlagWatch:
         kw: dict[str, Any] = {
             "watch": True, "resource_version": version, "allow_watch_bookmarks": True,
             "timeout_seconds": WATCH_SECONDS,
-            "_request_timeout": aiohttp.ClientTimeout(connect=10, sock_read=WATCH_SECONDS + 30),
+            # The whole watch, bounded: a connection gone silent is abandoned 30 s after the server's end.
+            "_request_timeout": float(WATCH_SECONDS + 30),
         }
         if scope is None:
             response = await self.custom.list_cluster_custom_object_without_preload_content(GROUP, VERSION, FLAGS, **kw)
         else:
             response = await self.custom.list_namespaced_custom_object_without_preload_content(
                 GROUP, VERSION, scope, FLAGS, **kw)
-        async with response:
+        try:  # the aiohttp response itself, read line by line
             if response.status >= 400:
                 raise ApiException(status=response.status, reason=response.reason)
             async for event in _events(response.content):
                 version = self._apply(event, version)
+        finally:
+            response.release()
         return version
 
     def _apply(self, event: dict[str, Any], version: str) -> str:
