@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     serve_address: str = Field("0.0.0.0", min_length=1, description="Address the sync and OFREP ports listen on.")
     # Limits of the flag server (`flag-scheduler serve`); sized in the README's "Bounded serving".
     sync_max_streams: int = Field(
-        4000, ge=1, le=100_000,
+        8000, ge=1, le=100_000,
         description="flagd sync calls open at once per flag-server replica; more get RESOURCE_EXHAUSTED.",
     )
     sync_max_streams_per_connection: int = Field(
