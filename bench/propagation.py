@@ -145,7 +145,7 @@ async def phase(cluster: Cluster, ports: dict[str, int], protocol: str, n: int, 
 
 
 async def idle_cpu(proc: Any, window: float) -> float:
-    """The operator's CPU (% of one core) over ``window`` seconds of nothing happening."""
+    """The flag server's CPU (% of one core) over ``window`` seconds of nothing happening."""
     await asyncio.sleep(2.0)
     before, start = proc.cpu_times(), time.monotonic()
     await asyncio.sleep(window)
@@ -209,7 +209,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{label:<52} {f'{results[p50]} / {results[p99]} s':<18} {target}")
     lines.append(f"{'OFREP poll interval':<52} {results['ofrep_poll_interval_s']} s")
     lines.append(f"{'operator lateness p99 (same schedules, sync 100)':<52} {results['operator_lateness_p99_s']} s")
-    lines.append(f"{'operator CPU, 100 idle sync streams / none':<52} "
+    lines.append(f"{'flag-server CPU, 100 idle sync streams / none':<52} "
                  f"{results['sync_idle_cpu_percent_100_streams']} / {results['sync_idle_cpu_percent_no_streams']} %")
     lines.append(f"{'sightings missing (a client never saw a change)':<52} {results['missing_sightings']}")
     return "\n".join(lines)
