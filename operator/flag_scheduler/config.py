@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     ofrep_read_timeout_seconds: float = Field(
         5, gt=0, le=300, description="Time to send an OFREP request body; slower gets 408."
     )
-    ofrep_keepalive_timeout_seconds: float = Field(
+    http_keepalive_timeout_seconds: float = Field(
         15, gt=0, le=3600,
         description="An OFREP or health/metrics connection that has not sent a whole request for this long is closed.",
     )

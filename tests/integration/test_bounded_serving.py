@@ -161,7 +161,7 @@ def test_ofrep_answers_408_to_a_body_not_sent_in_time(cluster: Cluster, flag_ser
 def test_ofrep_closes_a_connection_whose_request_never_completes(
     cluster: Cluster, flag_server: Callable[..., FlagServer]
 ) -> None:
-    server = flag_server(ofrep_keepalive_timeout_seconds="1")
+    server = flag_server(http_keepalive_timeout_seconds="1")
     with socket.create_connection(("127.0.0.1", server.ofrep_port), timeout=20) as conn:
         conn.sendall(f"POST /{cluster.ns}/ofrep/v1/eval".encode())  # headers never finished
         assert _read_all(conn) == b""  # closed by the server, before the client's 20 s

@@ -242,3 +242,20 @@ def test_the_schedulers_healthz_answers_while_its_start_up_requests_are_held(
         assert http_status(f"http://127.0.0.1:{health}/healthz") == 200
     finally:
         scheduler.stop()
+
+
+def test_the_schedulers_metrics_endpoint_drops_a_request_that_never_completes(
+    cluster: Cluster, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    metrics = free_port()
+    scheduler = OperatorProcess(control_plane.kubeconfig(), [cluster.ns], tmp_path / "scheduler.log",
+                                FLAG_SCHEDULER_METRICS_PORT=str(metrics),
+                                FLAG_SCHEDULER_HTTP_KEEPALIVE_TIMEOUT_SECONDS="1").start()
+    try:
+        with socket.create_connection(("127.0.0.1", metrics), timeout=20) as conn:
+            conn.sendall(b"GET /metr")  # and nothing more
+            assert conn.recv(1024) == b""  # closed by the scheduler, well before the client's 20 s
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert "flag_scheduler_is_leader" in text
+    finally:
+        scheduler.stop()

@@ -78,7 +78,7 @@ class Runtime:
                                    (s.metrics_port, "FLAG_SCHEDULER_METRICS_PORT", endpoints_app())):
             if port:
                 self.endpoints.append(await serve_endpoints(app, "0.0.0.0", port, setting,
-                                                            s.ofrep_keepalive_timeout_seconds))
+                                                            s.http_keepalive_timeout_seconds))
 
     async def _close_clients(self) -> None:
         for listener in self.endpoints:

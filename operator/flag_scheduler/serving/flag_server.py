@@ -74,11 +74,11 @@ class FlagServer:
         if s.health_port:
             app = endpoints_app(self.healthy, self.ready)
             self.endpoints.append(await serve_endpoints(
-                app, "0.0.0.0", s.health_port, "FLAG_SCHEDULER_HEALTH_PORT", s.ofrep_keepalive_timeout_seconds))
+                app, "0.0.0.0", s.health_port, "FLAG_SCHEDULER_HEALTH_PORT", s.http_keepalive_timeout_seconds))
         if s.metrics_port:
             self.endpoints.append(await serve_endpoints(
                 endpoints_app(None), "0.0.0.0", s.metrics_port, "FLAG_SCHEDULER_METRICS_PORT",
-                s.ofrep_keepalive_timeout_seconds))
+                s.http_keepalive_timeout_seconds))
 
     async def close(self) -> None:
         """End every stream cleanly (clients reconnect elsewhere), stop the watch and the endpoints."""

@@ -183,7 +183,7 @@ async def start_ofrep_server(store: FlagStore, settings: Settings) -> Listener:
     address, port = settings.serve_address, settings.ofrep_port
     listener = await listen(
         ofrep_app(store, settings), address, port, "FLAG_SCHEDULER_OFREP_PORT",
-        max_connections=settings.ofrep_max_connections, keepalive_timeout=settings.ofrep_keepalive_timeout_seconds,
+        max_connections=settings.ofrep_max_connections, keepalive_timeout=settings.http_keepalive_timeout_seconds,
     )
     log.info("ofrep.serving", address=address, port=port, max_connections=settings.ofrep_max_connections)
     return listener
