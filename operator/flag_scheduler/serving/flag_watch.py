@@ -85,7 +85,7 @@ class FlagWatch:
         self._pending.discard(scope)
         if not self._pending and not self.ready.is_set():
             self.ready.set()
-            log.info("flags.listed", namespaces=self.store.namespaces())
+            log.info("flags.listed", namespaces_with_flags=len(self.store.namespaces()))
 
     async def _list(self, scope: str | None) -> str:
         """LIST page by page into the store (replacing what it held for the scope); the list's version."""
