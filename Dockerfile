@@ -22,6 +22,7 @@ ENV PATH=/opt/flag-scheduler/bin:$PATH \
 COPY --from=build /opt/flag-scheduler /opt/flag-scheduler
 # Numeric, so Kubernetes can verify runAsNonRoot; the same UID/GID as the Deployment.
 USER 10001:10001
-# health (/healthz: liveness), ready (/readyz: readiness), metrics (/metrics), flagd sync (gRPC) and OFREP (HTTP)
+# health (/healthz: liveness; /readyz on the flag server), ready (the scheduler's /readyz), metrics
+# (/metrics); flagd sync (gRPC) and OFREP (HTTP) on the flag server (`flag-scheduler serve`) only
 EXPOSE 8080 8081 9090 8015 8016
 ENTRYPOINT ["flag-scheduler"]

@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron clean
+.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -73,18 +73,25 @@ cluster-up: venv binaries ## Start a local control plane in the background; prin
 cluster-down: venv ## Stop the control plane started by cluster-up
 	@$(PY) $(CONTROLPLANE)/detached.py down
 
-demo: venv binaries ## Start the control plane and the operator, and show a schedule being applied
+demo: venv binaries ## Start the control plane, the scheduler and the flag server, and show a schedule being applied
 	$(PY) hack/demo.py
 
-run: venv ## Run the operator against the cluster in $$KUBECONFIG (creates its Lease namespace if missing)
+run: venv ## Run the scheduler and the flag server against the cluster in $$KUBECONFIG (creates the Lease namespace if missing)
 	@$(KUBECTL) get namespace $(LEASE_NAMESPACE) > /dev/null 2>&1 || $(KUBECTL) create namespace $(LEASE_NAMESPACE)
+	@# One machine: the flag server leaves health and metrics to the scheduler (in a pod each has its own).
+	FLAG_SCHEDULER_HEALTH_PORT=0 FLAG_SCHEDULER_METRICS_PORT=0 $(VENV)/bin/flag-scheduler serve & server=$$!; \
+	trap 'kill $$server 2> /dev/null; wait $$server' EXIT; \
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation and cron phases
+bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation, serving and cron phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/serving.py $(if $(QUICK),--quick,)
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)
+
+bench-serving: venv binaries ## Only the flag server: stream memory, OFREP rate, 1,000-stream propagation, lateness under a flood
+	$(PY) bench/serving.py $(if $(QUICK),--quick,)
 
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)

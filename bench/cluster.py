@@ -99,6 +99,7 @@ class Cluster:
         self.custom: client.CustomObjectsApi | None = None
         self.deleted: list[str] = []  # namespaces deleted so far
         self.operator_kubeconfig: Path | None = None  # set by install()
+        self.flag_server_kubeconfig: Path | None = None  # set by install()
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -124,6 +125,8 @@ class Cluster:
                      f"--serviceaccount={LEASE_NAMESPACE}:{SERVICE_ACCOUNT}", "-n", LEASE_NAMESPACE, check=False)
         token = self.kubectl("create", "token", SERVICE_ACCOUNT, "-n", LEASE_NAMESPACE, "--duration=6h").stdout
         self.operator_kubeconfig = self.cp.write_token_kubeconfig("operator-sa", token.strip())
+        token = self.kubectl("create", "token", "flag-server", "-n", LEASE_NAMESPACE, "--duration=6h").stdout
+        self.flag_server_kubeconfig = self.cp.write_token_kubeconfig("flag-server-sa", token.strip())
 
     async def connect(self, pool: int = 256) -> None:
         configuration = client.Configuration()
@@ -208,6 +211,8 @@ class Cluster:
 class OperatorProcess:
     """``python -m flag_scheduler`` as its own process, as the ServiceAccount, watching the given namespaces."""
 
+    args: tuple[str, ...] = ()
+
     def __init__(self, cluster: Cluster, log_path: Path) -> None:
         self.cluster = cluster
         self.log_path = log_path
@@ -221,7 +226,7 @@ class OperatorProcess:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "operator"), os.environ.get("PYTHONPATH")])),
-            "KUBECONFIG": str(self.cluster.operator_kubeconfig),
+            "KUBECONFIG": str(self._kubeconfig()),
             "FLAG_SCHEDULER_NAMESPACES": json.dumps(namespaces),
             "FLAG_SCHEDULER_LEASE_NAMESPACE": LEASE_NAMESPACE,
             "FLAG_SCHEDULER_LOG_FORMAT": "json",
@@ -230,9 +235,9 @@ class OperatorProcess:
             "FLAG_SCHEDULER_METRICS_PORT": "0",
             **(extra_env or {}),
         }
-        ready = READY if lead else ("operator.started",)
+        ready = self._ready(lead)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "flag_scheduler"], env=env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "flag_scheduler", *self.args], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not all(mark in self.log_path.read_text(errors="replace")[offset:] for mark in ready):
@@ -242,6 +247,12 @@ class OperatorProcess:
                 raise RuntimeError(f"operator did not start:\n{tail}")
             time.sleep(0.1)
         return psutil.Process(self.proc.pid)
+
+    def _kubeconfig(self) -> Path | None:
+        return self.cluster.operator_kubeconfig
+
+    def _ready(self, lead: bool) -> tuple[str, ...]:
+        return READY if lead else ("operator.started",)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -255,6 +266,18 @@ class OperatorProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class FlagServerProcess(OperatorProcess):
+    """``python -m flag_scheduler serve``: the flag server, as its own read-only ServiceAccount."""
+
+    args = ("serve",)
+
+    def _kubeconfig(self) -> Path | None:
+        return self.cluster.flag_server_kubeconfig
+
+    def _ready(self, lead: bool) -> tuple[str, ...]:
+        return ("flag_server.started",)
 
 
 class MachineLoad:

@@ -1,6 +1,8 @@
-"""``make demo``: a real control plane, the CRDs, the operator, and one schedule applied on time.
+"""``make demo``: a real control plane, the CRDs, the scheduler, the flag server, and one schedule applied on time.
 
-An OpenFeature SDK client (flagd's provider, in-process, on the operator's sync port) prints the
+The two workloads run as two processes, as they run as two Deployments: ``flag-scheduler`` (the
+scheduler) and ``flag-scheduler serve`` (the flag server). An OpenFeature SDK client (flagd's
+provider, in-process, on the flag server's sync port) prints the
 flag once a second, as an application would see it: off for everyone, then on for a quarter of
 the users from the due time on, without a restart.
 
@@ -45,7 +47,7 @@ def say(text: str) -> None:
 
 
 def sdk_client(port: int):  # noqa: ANN201 - the SDK's client type, imported late
-    """An OpenFeature client reading the operator's flags over flagd sync, as an application would."""
+    """An OpenFeature client reading the flag server's flags over flagd sync, as an application would."""
     from openfeature import api
     from openfeature.contrib.provider.flagd import FlagdProvider
     from openfeature.contrib.provider.flagd.config import ResolverType
@@ -80,15 +82,15 @@ def main() -> None:
         kubectl("apply", "-k", str(REPO / "manifests" / "policy"))  # the operator applies nothing without them
         kubectl("wait", "--for=condition=Established", "crd/featureflags.flagscheduler.dev",
                 "crd/flagschedules.flagscheduler.dev", "--timeout=30s")
-        say("operator starting (console logs below)")
+        say("scheduler and flag server starting (console logs below)")
         sync_port = free_port()
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "flag_scheduler"],
-            env={**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0", "FLAG_SCHEDULER_READY_PORT": "0",
-                 "FLAG_SCHEDULER_METRICS_PORT": "0", "FLAG_SCHEDULER_LEASE_NAMESPACE": "default",
-                 "FLAG_SCHEDULER_SYNC_PORT": str(sync_port), "FLAG_SCHEDULER_OFREP_PORT": "0",
-                 "FLAG_SCHEDULER_SERVE_ADDRESS": "127.0.0.1"},
-        )
+        settings = {**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0",
+                    "FLAG_SCHEDULER_READY_PORT": "0",
+                    "FLAG_SCHEDULER_METRICS_PORT": "0", "FLAG_SCHEDULER_LEASE_NAMESPACE": "default",
+                    "FLAG_SCHEDULER_SYNC_PORT": str(sync_port), "FLAG_SCHEDULER_OFREP_PORT": "0",
+                    "FLAG_SCHEDULER_SERVE_ADDRESS": "127.0.0.1"}
+        operator = subprocess.Popen([sys.executable, "-m", "flag_scheduler"], env=settings)
+        flag_server = subprocess.Popen([sys.executable, "-m", "flag_scheduler", "serve"], env=settings)
         stop = threading.Event()
         try:
             kubectl("apply", "-f", "-", stdin=FLAG)
@@ -98,7 +100,8 @@ def main() -> None:
             kubectl("apply", "-f", "-", stdin=SCHEDULE.format(at=at.strftime("%Y-%m-%dT%H:%M:%SZ")))
             say(f"before ({datetime.now(UTC):%H:%M:%S}Z), schedule due at {at:%H:%M:%S}Z")
             print(kubectl("get", "ff,fs", "-n", "default"))
-            say(f"an application's OpenFeature client (flagd in-process, sync port {sync_port}), once a second")
+            say(f"an application's OpenFeature client (flagd in-process, the flag server's sync port {sync_port}),"
+                " once a second")
             printer = threading.Thread(target=print_every_second, args=(client, stop), daemon=True)
             printer.start()
             kubectl("wait", "--for=condition=Applied", "flagschedule/checkout-v2-go-live", "-n", "default",
@@ -119,8 +122,10 @@ def main() -> None:
                     pass
         finally:
             stop.set()
-            operator.terminate()
-            operator.wait(timeout=15)
+            for process in (flag_server, operator):
+                process.terminate()
+            for process in (flag_server, operator):
+                process.wait(timeout=15)
     say("stopped; nothing left running")
 
 

@@ -58,6 +58,9 @@ class OperatorProcess:
     raises.
     """
 
+    args: tuple[str, ...] = ()
+    started_event = "operator.started"
+
     def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, **env: str) -> None:
         self.log_path = log_path
         self.env = {
@@ -85,14 +88,14 @@ class OperatorProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flag_scheduler"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "flag_scheduler", *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         out.close()
         RUNNING.add(self)
         try:
-            wait_for(lambda: "operator.started" in self.log_path.read_text()[offset:] or self._died(), timeout,
-                     what="operator.started in the operator's log")
+            wait_for(lambda: self.started_event in self.log_path.read_text()[offset:] or self._died(), timeout,
+                     what=f"{self.started_event} in the log")
         except AssertionError:
             self.stop()
             raise
@@ -142,6 +145,13 @@ class OperatorProcess:
             except ValueError:
                 continue
         return lines
+
+
+class FlagServerProcess(OperatorProcess):
+    """``python -m flag_scheduler serve``: the flag server, serving the given namespaces' flags."""
+
+    args = ("serve",)
+    started_event = "flag_server.started"
 
 
 class Cluster:

@@ -34,6 +34,33 @@ class Settings(BaseSettings):
     sync_port: int = Field(8015, ge=0, le=65535, description="flagd sync (gRPC) for OpenFeature SDKs; 0 = off.")
     ofrep_port: int = Field(8016, ge=0, le=65535, description="OFREP (HTTP) for OpenFeature SDKs; 0 = off.")
     serve_address: str = Field("0.0.0.0", min_length=1, description="Address the sync and OFREP ports listen on.")
+    # Limits of the flag server (`flag-scheduler serve`); sized in the README's "Bounded serving".
+    sync_max_streams: int = Field(
+        8000, ge=1, le=100_000,
+        description="flagd sync calls open at once per flag-server replica; more get RESOURCE_EXHAUSTED.",
+    )
+    sync_max_streams_per_connection: int = Field(
+        100, ge=1, le=10_000, description="HTTP/2 streams one gRPC connection may open at once (the rest wait)."
+    )
+    sync_max_connection_age_seconds: float = Field(
+        1800, ge=1, description="A gRPC connection is told to go away (GOAWAY) after this long: load rebalances."
+    )
+    sync_max_connection_age_grace_seconds: float = Field(
+        30, ge=0, description="Calls on a connection past its age get this long before they are cut."
+    )
+    ofrep_max_connections: int = Field(
+        1000, ge=1, le=100_000, description="OFREP connections open at once per replica; more are closed at once."
+    )
+    ofrep_max_body_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest OFREP request body; larger gets 413."
+    )
+    ofrep_read_timeout_seconds: float = Field(
+        5, gt=0, le=300, description="Time to send an OFREP request body; slower gets 408."
+    )
+    http_keepalive_timeout_seconds: float = Field(
+        15, gt=0, le=3600,
+        description="An OFREP or health/metrics connection that has not sent a whole request for this long is closed.",
+    )
     max_concurrency: int = Field(64, ge=1, le=10000, description="Flags changed in parallel.")
     lease_name: str = Field("flag-scheduler", description="Name of the leader-election Lease.")
     lease_namespace: str = Field(

@@ -287,3 +287,17 @@ class Kube:
         body = _preconditions(ref)
         body["metadata"]["ownerReferences"] = owners
         return await self._patch(plural, ref, body)
+
+    async def post_operator_event(self, namespace: str, lease: str, reason: str, message: str, now: datetime) -> None:
+        """A Warning Event in the operator's own namespace, about its Lease (the scheduler as a whole)."""
+        stamp = rfc3339(now)
+        event = {
+            "metadata": {"generateName": f"{lease}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": lease,
+                               "namespace": namespace},
+            "type": "Warning", "reason": reason, "message": message[:1024],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": f"{GROUP}/{FIELD_MANAGER}",
+            "reportingInstance": self.identity[:128], "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "eventTime": None, "count": 1, "action": reason,
+        }
+        await self.core.create_namespaced_event(namespace, event, _request_timeout=self.timeout)

@@ -32,3 +32,8 @@ IS_LEADER = Gauge("flag_scheduler_is_leader", "1 while this replica holds the le
 SYNC_STREAMS = Gauge("flag_scheduler_sync_streams", "flagd sync streams (SyncFlags) connected to this replica.")
 SYNC_PUSHES = Counter("flag_scheduler_sync_pushes_total", "Flag sets sent on sync streams.")
 OFREP_REQUESTS = Counter("flag_scheduler_ofrep_requests_total", "OFREP evaluation requests by HTTP status.", ["code"])
+NAMESPACE_READABLE = Gauge(
+    "flag_scheduler_namespace_readable",
+    "1 while this process can list and watch the namespace (\"\" = every namespace), 0 while it is refused.",
+    ["namespace"],
+)

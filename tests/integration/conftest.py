@@ -15,6 +15,7 @@ from operator_harness import Cluster, OperatorProcess, wait_for
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
 TEST_LEASE_ROLE = "tests-own-lease-names"
+FLAG_SERVER_SERVICE_ACCOUNT = "flag-server"
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +54,15 @@ def operator_kubeconfig(control_plane: ControlPlane, kubectl: Kubectl, operator_
     return service_account_kubeconfig(control_plane, kubectl)
 
 
-def service_account_kubeconfig(cp: ControlPlane, kubectl: Kubectl) -> Path:
-    """A kubeconfig with a TokenRequest token of the shipped ServiceAccount (``manifests/`` applied)."""
-    token = kubectl(
-        "create", "token", OPERATOR_SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
-    ).stdout.strip()
-    return cp.write_token_kubeconfig("operator-sa", token)
+def service_account_kubeconfig(cp: ControlPlane, kubectl: Kubectl, account: str = OPERATOR_SERVICE_ACCOUNT) -> Path:
+    """A kubeconfig with a TokenRequest token of a shipped ServiceAccount (``manifests/`` applied)."""
+    token = kubectl("create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=2h").stdout.strip()
+    return cp.write_token_kubeconfig("operator-sa" if account == OPERATOR_SERVICE_ACCOUNT else account, token)
+
+
+def flag_server_kubeconfig(cp: ControlPlane, kubectl: Kubectl) -> Path:
+    """A kubeconfig as the flag server's read-only ServiceAccount (``manifests/default`` applied)."""
+    return service_account_kubeconfig(cp, kubectl, FLAG_SERVER_SERVICE_ACCOUNT)
 
 
 # -- an operator per test, and ways to make the API server refuse or stall its writes -------------

@@ -21,8 +21,9 @@ from conftest import REPO, Kubectl
 
 MANIFESTS = REPO / "manifests"
 OPERATOR_LABELS = {"app.kubernetes.io/name": "flag-scheduler", "app.kubernetes.io/component": "operator"}
-# health, ready, metrics, flagd sync (gRPC), OFREP (HTTP)
-SERVED_PORTS = {8080, 8081, 9090, 8015, 8016}
+FLAG_SERVER_LABELS = {"app.kubernetes.io/name": "flag-scheduler", "app.kubernetes.io/component": "flag-server"}
+# The scheduler: health, ready, metrics. The flag server: also flagd sync (gRPC), OFREP (HTTP).
+SERVED_PORTS = {"flag-scheduler": {8080, 8081, 9090}, "flag-server": {8080, 9090, 8015, 8016}}
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
@@ -50,48 +51,60 @@ def namespaced(kubectl: Kubectl) -> list[dict[str, Any]]:
     return render(kubectl, MANIFESTS / "namespaced")
 
 
-def _container(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = one(objs, "Deployment", "flag-scheduler", "flag-scheduler-system")
+def _container(objs: list[dict[str, Any]], name: str = "flag-scheduler") -> dict[str, Any]:
+    deployment = one(objs, "Deployment", name, "flag-scheduler-system")
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any]]) -> None:
-    policy = one(default, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")
-    deployment = one(default, "Deployment", "flag-scheduler", "flag-scheduler-system")
+@pytest.mark.parametrize("workload", ["flag-scheduler", "flag-server"])
+def test_network_policy_admits_only_the_served_ports(default: list[dict[str, Any]], workload: str) -> None:
+    policy = one(default, "NetworkPolicy", workload, "flag-scheduler-system")
+    deployment = one(default, "Deployment", workload, "flag-scheduler-system")
     assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = policy["spec"]["ingress"]
     assert len(rules) == 1 and "from" not in rules[0]  # any source, these ports only
-    declared = {p["name"]: p["containerPort"] for p in _container(default)["ports"]}
+    declared = {p["name"]: p["containerPort"] for p in _container(default, workload)["ports"]}
     admitted = {declared.get(p["port"], p["port"]) for p in rules[0]["ports"]}
     assert {p["protocol"] for p in rules[0]["ports"]} == {"TCP"}
-    assert admitted == set(declared.values()) == SERVED_PORTS
+    assert admitted == set(declared.values()) == SERVED_PORTS[workload]
 
 
-def test_network_policy_overlay_replaces_the_default_policy(kubectl: Kubectl) -> None:
-    """Policies add up: the narrowing overlay must leave one policy, not add a second that opens less."""
+def test_network_policy_overlay_replaces_the_default_policies(kubectl: Kubectl) -> None:
+    """Policies add up: the narrowing overlay must leave one policy per workload, not add more that open less."""
     objs = render(kubectl, MANIFESTS / "network-policy")
-    ingress = [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"]["policyTypes"]]
-    assert ingress == ["flag-scheduler"]
-    anyone, readers = one(objs, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")["spec"]["ingress"]
-    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health", "ready", "metrics"}
+    ingress = [o for o in objs if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"]["policyTypes"]]
+    assert sorted(o["metadata"]["name"] for o in ingress) == ["flag-scheduler", "flag-server"]
+    anyone, readers, scrapers = one(objs, "NetworkPolicy", "flag-server", "flag-scheduler-system")["spec"]["ingress"]
+    assert "from" not in anyone and {p["port"] for p in anyone["ports"]} == {"health"}
     assert {p["port"] for p in readers["ports"]} == {"sync", "ofrep"}
     assert readers["from"] == [{"namespaceSelector": {"matchLabels": {"flagscheduler.dev/read-flags": "true"}}}]
+    assert {p["port"] for p in scrapers["ports"]} == {"metrics"}
+    health, metrics = one(objs, "NetworkPolicy", "flag-scheduler", "flag-scheduler-system")["spec"]["ingress"]
+    assert {p["port"] for p in health["ports"]} == {"health", "ready"} and "from" not in health  # the probes
+    assert metrics["from"] == scrapers["from"]
 
 
-def test_disruption_budget_keeps_one_of_two_replicas(default: list[dict[str, Any]]) -> None:
-    budget = one(default, "PodDisruptionBudget", "flag-scheduler", "flag-scheduler-system")
-    deployment = one(default, "Deployment", "flag-scheduler", "flag-scheduler-system")
+@pytest.mark.parametrize(("workload", "labels"), [("flag-scheduler", OPERATOR_LABELS),
+                                                  ("flag-server", FLAG_SERVER_LABELS)])
+def test_disruption_budget_keeps_one_of_two_replicas(
+    default: list[dict[str, Any]], workload: str, labels: dict[str, str]
+) -> None:
+    budget = one(default, "PodDisruptionBudget", workload, "flag-scheduler-system")
+    deployment = one(default, "Deployment", workload, "flag-scheduler-system")
     assert budget["spec"]["minAvailable"] == 1
     assert deployment["spec"]["replicas"] == 2
-    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"] == OPERATOR_LABELS
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"] == labels
 
 
 def test_default_install_creates_the_policy_objects(kubectl: Kubectl, operator_manifests: None) -> None:
     """Applied (by the operator_manifests fixture): the API server stored every shipped object."""
     for args in (
-        ["networkpolicy/flag-scheduler", "-n", "flag-scheduler-system"],
-        ["poddisruptionbudget/flag-scheduler", "-n", "flag-scheduler-system"],
+        ["networkpolicy/flag-scheduler", "networkpolicy/flag-server", "-n", "flag-scheduler-system"],
+        ["poddisruptionbudget/flag-scheduler", "poddisruptionbudget/flag-server", "-n", "flag-scheduler-system"],
+        ["deployment/flag-server", "service/flag-scheduler-flags", "serviceaccount/flag-server",
+         "-n", "flag-scheduler-system"],
+        ["clusterrole/flag-scheduler-flag-reader", "clusterrolebinding/flag-scheduler-flag-reader"],
         ["validatingadmissionpolicy/flag-scheduler-schedules-need-flag-patch"],
         ["validatingadmissionpolicy/flag-scheduler-operator-annotations"],
         ["validatingadmissionpolicybinding/flag-scheduler-schedules-need-flag-patch"],
@@ -139,16 +152,20 @@ def test_namespaced_overlay_grants_the_operator_only_reading_admission_policies_
         s for o in namespaced if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
         for s in o["subjects"] if s["kind"] == "ServiceAccount"
     ]
-    assert subjects and all(s == {"kind": "ServiceAccount", "name": "flag-scheduler",
-                                  "namespace": "flag-scheduler-system"} for s in subjects)
+    assert subjects and all(s["kind"] == "ServiceAccount" and s["name"] in ("flag-scheduler", "flag-server")
+                            and s["namespace"] == "flag-scheduler-system" for s in subjects)
 
 
-def test_namespaced_overlay_watches_exactly_the_namespaces_it_grants(namespaced: list[dict[str, Any]]) -> None:
-    env = {e["name"]: e.get("value") for e in _container(namespaced)["env"]}
+@pytest.mark.parametrize(("workload", "role"), [("flag-scheduler", "flag-scheduler-operator"),
+                                                ("flag-server", "flag-scheduler-flag-reader")])
+def test_namespaced_overlay_watches_exactly_the_namespaces_it_grants(
+    namespaced: list[dict[str, Any]], workload: str, role: str
+) -> None:
+    env = {e["name"]: e.get("value") for e in _container(namespaced, workload)["env"]}
     watched = json.loads(env["FLAG_SCHEDULER_NAMESPACES"])
     granted = [
         o["metadata"]["namespace"] for o in namespaced
-        if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "flag-scheduler-operator"
+        if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role
     ]
     assert sorted(watched) == sorted(granted) == ["team-a", "team-b"]
 
@@ -156,9 +173,10 @@ def test_namespaced_overlay_watches_exactly_the_namespaces_it_grants(namespaced:
 def test_namespaced_role_grants_what_the_cluster_role_grants(
     default: list[dict[str, Any]], namespaced: list[dict[str, Any]]
 ) -> None:
-    cluster_role = one(default, "ClusterRole", "flag-scheduler-operator")
-    for ns in ("team-a", "team-b"):
-        assert one(namespaced, "Role", "flag-scheduler-operator", ns)["rules"] == cluster_role["rules"]
+    for name in ("flag-scheduler-operator", "flag-scheduler-flag-reader"):
+        cluster_role = one(default, "ClusterRole", name)
+        for ns in ("team-a", "team-b"):
+            assert one(namespaced, "Role", name, ns)["rules"] == cluster_role["rules"]
 
 
 @pytest.fixture

@@ -57,9 +57,9 @@ def overlay_rbac(kubectl: Kubectl, moves: dict[str, str]) -> list[dict[str, Any]
             subject["namespace"] = moves[subject["namespace"]]
         objs.append(obj)
     assert sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs) == [
-        "Role/flag-scheduler-leader-election", "Role/flag-scheduler-operator",
-        "RoleBinding/flag-scheduler-leader-election", "RoleBinding/flag-scheduler-operator",
-        "ServiceAccount/flag-scheduler",
+        "Role/flag-scheduler-flag-reader", "Role/flag-scheduler-leader-election", "Role/flag-scheduler-operator",
+        "RoleBinding/flag-scheduler-flag-reader", "RoleBinding/flag-scheduler-leader-election",
+        "RoleBinding/flag-scheduler-operator", "ServiceAccount/flag-scheduler", "ServiceAccount/flag-server",
     ]
     return objs
 
@@ -116,3 +116,43 @@ def test_namespaced_operator_applies_and_asks_for_nothing_cluster_wide(
     }
     assert {e["objectRef"]["namespace"] for e in writes} == {watched, home}
     assert [e for e in writes if e["responseStatus"]["code"] == 403] == []
+
+
+def test_a_watched_namespace_whose_binding_is_gone_is_reported_and_skipped_until_it_returns(
+    kubectl: Kubectl, control_plane: ControlPlane, api_client: k8s.ApiClient, operator_manifests: None,
+    make_namespace: Callable[[], str], tmp_path: Path,
+) -> None:
+    home, kept, broken = make_namespace(), make_namespace(), make_namespace()
+    objs = overlay_rbac(kubectl, {OVERLAY_OPERATOR_NAMESPACE: home, OVERLAY_WATCHED_NAMESPACE: kept})
+    kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+    grants = overlay_rbac(kubectl, {OVERLAY_OPERATOR_NAMESPACE: home, OVERLAY_WATCHED_NAMESPACE: broken})
+    grants = [o for o in grants if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["namespace"] == broken]
+    kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in grants))
+    # The namespace's admin deletes the operator's RoleBinding there; then the operator (re)starts.
+    kubectl("delete", "rolebinding", "flag-scheduler-operator", "-n", broken)
+    token = kubectl("create", "token", "flag-scheduler", "-n", home, "--duration=1h").stdout.strip()
+    kubeconfig = control_plane.write_token_kubeconfig(f"namespaced-{home}", token)
+
+    mine, theirs = Cluster(api_client, control_plane, kept), Cluster(api_client, control_plane, broken)
+    for cluster in (mine, theirs):
+        cluster.flag("checkout-v2", enabled=False, rollout=0)
+        cluster.schedule("go-live", "checkout-v2", in_seconds(3), {"enabled": True})
+    operator = OperatorProcess(
+        kubeconfig, [kept, broken], tmp_path / "operator.log", FLAG_SCHEDULER_LEASE_NAMESPACE=home
+    ).start()
+    try:
+        mine.wait_phase("go-live", "Applied", timeout=30)
+        report = operator.wait_log("namespace.unreadable")
+        assert (report["namespace"], report["status"]) == (broken, 403)
+        events = wait_for(lambda: [e for e in kubectl.json("get", "events", "-n", home)["items"]
+                                   if e["reason"] == "NamespaceUnreadable"], what="the Event in the home namespace")
+        assert events[0]["type"] == "Warning" and f"cannot read watched namespace {broken}" in events[0]["message"]
+        skipped = theirs.status("go-live")  # untouched: not claimed, not failed
+        assert "claimedBy" not in skipped and skipped.get("phase") in (None, "Pending")
+
+        kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in grants))  # access returns
+        theirs.wait_phase("go-live", "Applied", timeout=60)
+        operator.wait_log("namespace.readable")
+    finally:
+        operator.stop()
+    assert theirs.get_flag("checkout-v2")["spec"]["enabled"] is True

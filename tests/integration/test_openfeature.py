@@ -1,8 +1,9 @@
 """Applications read the flags through the real OpenFeature SDK, against the real control plane.
 
 The clients are the published ones: ``openfeature-sdk`` with ``openfeature-provider-flagd`` in
-in-process mode pointed at the operator's sync port, and ``openfeature-provider-ofrep`` pointed at
-its OFREP port. Each client is created once and kept: seeing a change means the same client's next
+in-process mode pointed at the flag server's sync port, and ``openfeature-provider-ofrep`` pointed
+at its OFREP port. The flag server (``flag-scheduler serve``) runs as its own process, with the
+token of its shipped read-only ServiceAccount, beside the scheduler that applies the schedules. Each client is created once and kept: seeing a change means the same client's next
 evaluations change, without restarting it.
 """
 
@@ -30,16 +31,17 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from conftest import REPO, Kubectl
 from controlplane import ControlPlane, free_port
-from operator_harness import Cluster, OperatorProcess, in_seconds, wait_for
+from .conftest import flag_server_kubeconfig
+from operator_harness import Cluster, FlagServerProcess, OperatorProcess, in_seconds, wait_for
 
 KEYS = [f"user-{i}" for i in range(10_000)]
 
 
 @dataclass
 class Served:
-    """An operator process serving flags on free loopback ports."""
+    """A flag-server process serving flags on free loopback ports (beside a scheduler process)."""
 
-    op: OperatorProcess
+    op: FlagServerProcess
     sync_port: int
     ofrep_port: int
     metrics_port: int
@@ -58,15 +60,21 @@ def cluster(api_client: k8s.ApiClient, control_plane: ControlPlane, namespace: s
 
 
 @pytest.fixture
-def served(control_plane: ControlPlane, namespace: str, crds: None, tmp_path: Path) -> Iterator[Served]:
+def served(control_plane: ControlPlane, kubectl: Kubectl, operator_manifests: None, namespace: str,
+           tmp_path: Path) -> Iterator[Served]:
     ports = {"sync_port": free_port(), "ofrep_port": free_port(), "metrics_port": free_port()}
-    op = OperatorProcess(
-        control_plane.kubeconfig(), [namespace], tmp_path / "operator.log",
+    scheduler = OperatorProcess(control_plane.kubeconfig(), [namespace], tmp_path / "scheduler.log").start()
+    server = FlagServerProcess(
+        flag_server_kubeconfig(control_plane, kubectl), [namespace], tmp_path / "flag-server.log",
         FLAG_SCHEDULER_SYNC_PORT=str(ports["sync_port"]), FLAG_SCHEDULER_OFREP_PORT=str(ports["ofrep_port"]),
         FLAG_SCHEDULER_METRICS_PORT=str(ports["metrics_port"]), FLAG_SCHEDULER_SERVE_ADDRESS="127.0.0.1",
     ).start()
-    yield Served(op, **ports)
-    op.stop()
+    yield Served(server, **ports)
+    server.stop()
+    scheduler.stop()
+    # Every change above reached the clients through the watch, not through LISTs repeated after failures.
+    failed = [line for line in server.log_lines() if line.get("event") == "flags.watch_failed"]
+    assert failed == [], failed[:3]
 
 
 @pytest.fixture
@@ -148,7 +156,7 @@ def test_a_rollout_reaches_thirty_then_sixty_percent_of_the_same_users(
     assert on_at_30 <= on_at_60, f"{len(on_at_30 - on_at_60)} users lost the feature when the rollout grew"
 
 
-def test_clients_keep_evaluating_through_an_operator_restart_and_reconnect(
+def test_clients_keep_evaluating_through_a_flag_server_restart_and_reconnect(
     cluster: Cluster, served: Served, sdk: Callable[..., OpenFeatureClient]
 ) -> None:
     cluster.flag("banner", enabled=True, rollout=100)
@@ -167,7 +175,7 @@ def test_clients_keep_evaluating_through_an_operator_restart_and_reconnect(
     assert value(client, "banner") is True, "with no server, the client keeps the last flags it had"
     served.op.start()
     wait_for(lambda: value(client, "banner", default=True) is False, timeout=30,
-             what="the reconnected client to see the change made while the operator was down")
+             what="the reconnected client to see the change made while the flag server was down")
 
     cluster.schedule("back-on", "banner", in_seconds(2), {"enabled": True})
     wait_for(lambda: value(client, "banner"), timeout=20, what="a scheduled change after the restart")
@@ -255,10 +263,10 @@ def test_bad_requests_are_refused_naming_what_is_wrong(cluster: Cluster, served:
 def test_a_second_process_on_a_port_in_use_stops_naming_the_setting(
     control_plane: ControlPlane, namespace: str, served: Served, tmp_path: Path
 ) -> None:
-    second = OperatorProcess(control_plane.kubeconfig(), [namespace], tmp_path / "second.log",
-                             FLAG_SCHEDULER_SYNC_PORT=str(served.sync_port), FLAG_SCHEDULER_SERVE_ADDRESS="127.0.0.1")
-    proc = subprocess.run([sys.executable, "-m", "flag_scheduler"], env=second.env, capture_output=True, text=True,
-                          timeout=60)
+    second = FlagServerProcess(control_plane.kubeconfig(), [namespace], tmp_path / "second.log",
+                               FLAG_SCHEDULER_SYNC_PORT=str(served.sync_port), FLAG_SCHEDULER_SERVE_ADDRESS="127.0.0.1")
+    proc = subprocess.run([sys.executable, "-m", "flag_scheduler", "serve"], env=second.env, capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode != 0
     assert f"FLAG_SCHEDULER_SYNC_PORT: cannot listen on 127.0.0.1:{served.sync_port}" in proc.stderr
 

@@ -27,6 +27,6 @@ def test_leader_and_follower_are_ready_once_loaded(
         start_operator(log_name=f"{name}.log", FLAG_SCHEDULER_IDENTITY=name, FLAG_SCHEDULER_READY_PORT=str(ready),
                        FLAG_SCHEDULER_HEALTH_PORT=str(health))
     for ready, health in ports.values():
-        assert get(ready, "/readyz") == (200, "ok\n")
+        assert get(ready, "/readyz") == (200, "ok")
         assert get(ready, "/healthz")[0] == 404  # liveness is another endpoint, on another port
         assert get(health, "/healthz")[0] == 200

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from conftest import REPO
 from controlplane import _die_with_parent, free_port
@@ -104,6 +106,14 @@ def assert_down_leaves_nothing(cluster: LocalCluster, expect: str) -> str:
     return out
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def readme_manifest(due: datetime) -> str:
     """The README's "Using it" manifest (flag + schedule), its scheduledAt moved to ``due``."""
     block = README.split("## Using it", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
@@ -140,9 +150,17 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
         table = c.kubectl("get", "ff,fs").stdout
         assert re.search(r"checkout-v2\s+true\s+25\s", table), table
         assert re.search(r"checkout-v2-go-live\s+checkout-v2\s+\S+\s+Applied\s", table), table
+        # `make run` started the flag server too: an SDK's sync request gets the changed flag.
+        with grpc.insecure_channel(f"127.0.0.1:{ports['FLAG_SCHEDULER_SYNC_PORT']}") as channel:
+            served = wait_for(lambda: json.loads(sync_pb2_grpc.FlagSyncServiceStub(channel).FetchAllFlags(
+                sync_pb2.FetchAllFlagsRequest(selector="default"), timeout=5).flag_configuration)["flags"]
+                .get("checkout-v2", {}).get("targeting"), 30, what="the flag server to serve the 25 % rollout")
+        assert served["fractional"][0] == ["on", 25]
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         run.wait(timeout=30)
+        # make itself ends at once; the scheduler and the flag server it started finish their clean stop.
+        wait_for(lambda: not _group_alive(run.pid), 30, what="every process of make run to stop")
     assert "leader.released" in log.read_text()  # a clean stop hands the Lease back
 
     # `make deploy` renders manifests/default and applies it on top (no operator pod runs here).
@@ -155,6 +173,9 @@ def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_clust
     c.kubectl("get", "serviceaccount/flag-scheduler", "role/flag-scheduler-leader-election",
               "-n", "flag-scheduler-system")
     c.kubectl("get", "clusterrole/flag-scheduler-operator", "clusterrolebinding/flag-scheduler-operator")
+    server = json.loads(c.kubectl("get", "deployment", "flag-server", "-n", "flag-scheduler-system",
+                                  "-o", "json").stdout)["spec"]["template"]["spec"]
+    assert server["serviceAccountName"] == "flag-server" and server["containers"][0]["args"] == ["serve"]
 
     assert_down_leaves_nothing(c, "stopped")
     assert "no control plane running" in c.make("cluster-down").stdout

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from fake_kube import FakeKube
 from flag_scheduler.scheduling import dispatcher as dispatcher_module
@@ -19,6 +20,7 @@ from flag_scheduler.scheduling import handlers, leader
 from flag_scheduler.scheduling.context import EVENT_BACKLOG, Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.http_server import endpoints_app
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
 from flag_scheduler.models import ObjectRef
@@ -59,6 +61,7 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.set_owner(ref, [])
     await kube.delete_schedule(ref)
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
+    await kube.post_operator_event("home", "flag-scheduler", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
     await kube.list_admission_policies()
@@ -67,8 +70,8 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.set_owners("flagcronschedules", ref, [])
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status",
                                      "patch_flag_status", "set_owner", "delete_schedule", "post_event",
-                                     "list_pages", "list_admission_policies", "create", "patch_status",
-                                     "set_owners"]), "a new request: test it here"
+                                     "post_operator_event", "list_pages", "list_admission_policies", "create",
+                                     "patch_status", "set_owners"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls + kube.admission.calls
     assert len(calls) == len(public) + 1  # list_admission_policies makes two requests
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
@@ -112,13 +115,13 @@ def test_a_leader_whose_loop_stopped_turning_is_unhealthy() -> None:
 
 
 async def test_the_liveness_probe_fails_with_the_reason() -> None:
-    class Sick:
-        def healthy(self) -> str:
-            return "this replica leads but its dispatcher loop has stopped turning"
-
-    memo = kopf.Memo(runtime=Sick())
-    with pytest.raises(kopf.PermanentError, match="stopped turning"):
-        await handlers.dispatcher_alive(memo=memo)
+    problem: list[str] = []
+    async with TestClient(TestServer(endpoints_app(health=lambda: problem[0] if problem else None))) as client:
+        healthy = await client.get("/healthz")
+        assert (healthy.status, await healthy.text()) == (200, "ok")
+        problem.append("this replica leads but its dispatcher loop has stopped turning")
+        sick = await client.get("/healthz")
+        assert (sick.status, await sick.text()) == (500, problem[0])
 
 
 async def test_a_failing_leadership_callback_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,21 +56,35 @@ def test_entrypoint_is_the_console_script_and_the_deployment_does_not_override_i
     assert "command" not in manager and "args" not in manager
 
 
+def flag_server() -> dict:
+    deployment = yaml.safe_load((REPO / "manifests" / "manager" / "flag_server_deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
 def test_exposed_ports_are_the_deployments_and_the_operators_defaults() -> None:
     exposed = {int(p) for op, args in instructions() if op == "EXPOSE" for p in shlex.split(args)}
-    ports = {p["name"]: p["containerPort"] for p in container()["containers"][0]["ports"]}
+    scheduler_ports = {p["name"]: p["containerPort"] for p in container()["containers"][0]["ports"]}
+    server_ports = {p["name"]: p["containerPort"] for p in flag_server()["ports"]}
     defaults = Settings.model_fields
-    assert exposed == set(ports.values())
-    assert ports == {
-        "health": defaults["health_port"].default,
-        "ready": defaults["ready_port"].default,
-        "metrics": defaults["metrics_port"].default,
-        "sync": defaults["sync_port"].default,
-        "ofrep": defaults["ofrep_port"].default,
+    assert exposed == set(server_ports.values()) | set(scheduler_ports.values())
+    assert scheduler_ports == {"health": defaults["health_port"].default, "ready": defaults["ready_port"].default,
+                               "metrics": defaults["metrics_port"].default}
+    assert server_ports == {
+        "health": defaults["health_port"].default, "metrics": defaults["metrics_port"].default,
+        "sync": defaults["sync_port"].default, "ofrep": defaults["ofrep_port"].default,
     }
     probes = container()["containers"][0]
     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
+
+
+def test_the_flag_server_is_the_same_image_started_as_serve() -> None:
+    server = flag_server()
+    assert server["image"] == container()["containers"][0]["image"]
+    assert "command" not in server and server["args"] == ["serve"]
+    assert server["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
 
 def test_final_stage_carries_no_build_tools_or_source() -> None:

@@ -121,3 +121,26 @@ def test_close_wakes_every_reader() -> None:
     served, empty = store.snapshot("team-a"), store.snapshot("team-b")
     store.close()
     assert store.closed and served.replaced.is_set() and empty.replaced.is_set()
+
+
+def test_a_fresh_list_drops_what_was_deleted_while_the_watch_was_away_and_wakes_only_on_change() -> None:
+    store = FlagStore()
+    for name in ("a", "b"):
+        store.put(flag(name, ns="team-a"))
+    store.put(flag("c", ns="team-b"))
+    unchanged = store.snapshot("team-b")
+    before = store.snapshot("team-a")
+    store.replace([flag("a", ns="team-a")], "team-a")  # b was deleted while the watch was gone (410)
+    assert list(flags_of(store, "team-a")) == ["a"] and before.replaced.is_set()
+    assert list(flags_of(store, "team-b")) == ["c"] and not unchanged.replaced.is_set()
+    store.replace([flag("a", ns="team-a")], None)  # every namespace: team-b's c is gone too
+    assert flags_of(store, "team-b") == {} and unchanged.replaced.is_set()
+
+
+def test_a_snapshot_is_encoded_once_and_the_bytes_shared() -> None:
+    store = FlagStore()
+    store.put(flag("a"))
+    calls = []
+    snap = store.snapshot("team-a")
+    first = snap.encoded("sync", lambda text: calls.append(text) or text.encode())
+    assert store.snapshot("team-a").encoded("sync", lambda text: b"other") is first and len(calls) == 1

@@ -12,6 +12,7 @@ import kopf
 
 from flag_scheduler.cronschedule.model import CRON_SCHEDULES
 from flag_scheduler.kube import PAGE_SIZE
+from flag_scheduler.scheduling.namespace_access import EndlessBackoff
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
 from flag_scheduler.scheduling.runtime import Runtime
 
@@ -31,17 +32,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # thousands of idle workers alive at once, and their memory is never given back.
     settings.watching.chunk_size = PAGE_SIZE
     settings.queueing.idle_timeout = 0.5
+    # A watch or LIST the server refuses (a namespace whose RoleBinding was deleted, an API server
+    # restarting) is retried for as long as it takes, not given up after Kopf's default eight tries
+    # (a given-up watch would leave that namespace unscheduled until a restart).
+    settings.networking.error_backoffs = EndlessBackoff()
     memo.runtime = await Runtime.start(memo.settings)
-
-
-@kopf.on.probe(id="dispatcher")
-async def dispatcher_alive(memo: kopf.Memo, **_: Any) -> str:
-    """Liveness: fails (HTTP 500 on /healthz) when a leader's dispatcher stopped turning."""
-    runtime = getattr(memo, "runtime", None)
-    problem = None if runtime is None else runtime.healthy()
-    if problem is not None:
-        raise kopf.PermanentError(problem)
-    return "ok"
 
 
 @kopf.on.cleanup()

@@ -1,4 +1,10 @@
-"""The operator's runtime, built at Kopf startup: client, book, dispatcher, metrics, leadership."""
+"""The scheduler's runtime, built at Kopf startup: client, book, dispatcher, controllers, leadership.
+
+It serves no flags (that is the flag server, ``flag-scheduler serve``) and listens on no port an
+application reaches: only ``/healthz`` (liveness), ``/readyz`` (readiness, its own port) and
+``/metrics``, all served from before the initial LIST (Kopf's own liveness endpoint would only open
+after the startup handler, i.e. after that LIST).
+"""
 
 from __future__ import annotations
 
@@ -9,24 +15,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes.aio.client import ApiClient
-from prometheus_client import start_http_server
 
-from flag_scheduler.scheduling.admission_gate import AdmissionGate
-from flag_scheduler.scheduling.context import Ctx
-from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.cronschedule.controller import CronController
 from flag_scheduler.cronschedule.edges import TZDATA_VERSION
 from flag_scheduler.cronschedule.model import CRON_SCHEDULES
-from flag_scheduler.serving.flag_store import FlagStore
+from flag_scheduler.http_server import Listener, endpoints_app, serve_endpoints
 from flag_scheduler.kube import Kube, api_client
-from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
+from flag_scheduler.scheduling.admission_gate import AdmissionGate
+from flag_scheduler.scheduling.book import Book
+from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.dispatcher import Dispatcher
-from flag_scheduler.scheduling.readiness import serve_readiness
 from flag_scheduler.scheduling.flag_validity import FlagValidity
-from flag_scheduler.serving.servers import Serving
+from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
+from flag_scheduler.scheduling.namespace_access import NamespaceAccess
 
 log = get_logger()
 
@@ -51,9 +55,9 @@ class Runtime:
         self.kube = kube
         self.lease_api = lease_api
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
-        self.flag_store = FlagStore()  # what SDKs read; apart from the book
-        self.serving: Serving | None = None
-        self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=clock(settings.clock_offset_seconds))
+        self.endpoints: list[Listener] = []
+        now = clock(settings.clock_offset_seconds)
+        self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=now)
         self.dispatcher = Dispatcher(self.ctx)
         self.validity = FlagValidity(self.ctx)
         self.crons = CronController(self.ctx)  # FlagCronSchedules: creates edge FlagSchedules
@@ -62,54 +66,66 @@ class Runtime:
         self.ctx.fencing_token = lambda: self.leadership.term
         self.admission = AdmissionGate(settings, kube, on_open=self.dispatcher.release_held)
         self.ctx.holding = self.admission.holding
+        self.access = NamespaceAccess(kube, settings.namespaces, settings.lease_namespace, settings.lease_name, now)
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
-        self._readiness = None
-        self._closing = False
         self._election: asyncio.Task | None = None
+        self._recheck: asyncio.Task | None = None
+        self._closing = False
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        try:
-            await check_lease_namespace(settings, kube.api)
-        except SystemExit:
-            await kube.close()
-            raise
         # The Lease has its own connections: renewals never queue behind flag work or Events.
         runtime = cls(settings, kube, await api_client(pool_size=2))
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port)
-        if settings.ready_port:
-            runtime._readiness = await serve_readiness("0.0.0.0", settings.ready_port, runtime.not_ready)
-        async for page in kube.list_pages(FLAGS, settings.namespaces):
-            for body in page:
-                runtime.book.observe_flag(None, body)
-                runtime.flag_store.put(body)
-                runtime.validity.observe(None, body, leading=False)
-        async for page in kube.list_pages(SCHEDULES, settings.namespaces):
-            for body in page:
-                runtime.book.observe_schedule(None, body)
-                runtime.crons.observe_schedule(None, body)
-        async for page in kube.list_pages(CRON_SCHEDULES, settings.namespaces):
-            for body in page:
-                runtime.crons.observe_cron(None, body)
         try:
-            runtime.serving = await Serving.start(settings, runtime.flag_store)
+            await runtime._serve_endpoints()
+            await check_lease_namespace(settings, kube.api)
         except BaseException:
-            await kube.close()
-            await runtime.lease_api.close()
+            await runtime._close_clients()
             raise
+        await runtime._load()
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
+        runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
                  finished_schedules=runtime.book.finished_count(), cron_schedules=len(runtime.crons.crons),
                  tzdata=TZDATA_VERSION, clock_offset_seconds=settings.clock_offset_seconds)
         return runtime
+
+    async def _serve_endpoints(self) -> None:
+        """``/healthz``, ``/readyz`` and ``/metrics``, before the LIST: a long LIST is not a dead process."""
+        s = self.settings
+        for port, setting, app in ((s.health_port, "FLAG_SCHEDULER_HEALTH_PORT", endpoints_app(health=self.healthy)),
+                                   (s.ready_port, "FLAG_SCHEDULER_READY_PORT", endpoints_app(ready=self.not_ready)),
+                                   (s.metrics_port, "FLAG_SCHEDULER_METRICS_PORT", endpoints_app())):
+            if port:
+                self.endpoints.append(await serve_endpoints(app, "0.0.0.0", port, setting,
+                                                            s.http_keepalive_timeout_seconds))
+
+    async def _close_clients(self) -> None:
+        for listener in self.endpoints:
+            await listener.close()
+        await self.kube.close()
+        await self.lease_api.close()
+
+    async def _load(self) -> None:
+        """Every flag, schedule and window of the readable watched namespaces (unreadable ones reported)."""
+        async for page in self.access.list_pages(FLAGS):
+            for body in page:
+                self.book.observe_flag(None, body)
+                self.validity.observe(None, body, leading=False)
+        async for page in self.access.list_pages(SCHEDULES):
+            for body in page:
+                self.book.observe_schedule(None, body)
+                self.crons.observe_schedule(None, body)
+        async for page in self.access.list_pages(CRON_SCHEDULES):
+            for body in page:
+                self.crons.observe_cron(None, body)
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
@@ -136,7 +152,6 @@ class Runtime:
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
-        self.flag_store.observe(event_type, body)
         self.validity.observe(event_type, body, leading=self.dispatcher.leading.is_set())
         self.crons.observe_flag(event_type, body)
         key = self.book.observe_flag(event_type, body)
@@ -152,11 +167,9 @@ class Runtime:
         return self.healthy()
 
     async def close(self) -> None:
-        """Stop serving flags, stop applying, hand the Lease over, close the client."""
+        """Stop applying, hand the Lease over, close the client and the endpoints."""
         self._closing = True
-        if self.serving is not None:
-            await self.serving.close()
-        for task in (self._election, self._task, self._admission_task):
+        for task in (self._recheck, self._election, self._task, self._admission_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -165,10 +178,7 @@ class Runtime:
         await self.dispatcher.stop()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
-        if self._readiness is not None:
-            await self._readiness.cleanup()
-        await self.kube.close()
-        await self.lease_api.close()
+        await self._close_clients()
 
     def healthy(self) -> str | None:
         """Why this replica is unhealthy (for the liveness probe), or None."""

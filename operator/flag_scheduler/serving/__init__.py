@@ -1,1 +1,1 @@
-"""Serving flags to OpenFeature SDKs (flagd sync over gRPC, OFREP over HTTP): read-only."""
+"""The flag server workload (`flag-scheduler serve`): serves the FeatureFlags to OpenFeature SDKs, read-only."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class Snapshot:
     keys: tuple[str, ...]
     kinds: dict[str, str] = field(default_factory=dict, repr=False)  # flag -> the resolve method's type
     _evaluator: FlagdCore | None = field(default=None, repr=False)
+    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, namespace: str, definitions: dict[str, dict[str, Any]], replaced: asyncio.Event) -> Snapshot:
@@ -65,6 +67,13 @@ class Snapshot:
         if kind == "object":
             return core.resolve_object_value(key, {}, context)
         return core.resolve_boolean_value(key, False, context)
+
+    def encoded(self, kind: str, encode: Callable[[str], bytes]) -> bytes:
+        """The configuration encoded once per snapshot and protocol, shared by every stream that sends it."""
+        data = self._encoded.get(kind)
+        if data is None:
+            data = self._encoded[kind] = encode(self.configuration)
+        return data
 
     def evaluator(self) -> FlagdCore:
         """flagd's own evaluator (openfeature-flagd-core, as in the in-process providers) on this set."""
@@ -129,6 +138,16 @@ class FlagStore:
         if not flags:
             del self._flags[namespace]
         self._changed(namespace, first=False)
+
+    def replace(self, bodies: Iterable[dict[str, Any]], namespace: str | None) -> None:
+        """A fresh LIST of ``namespace`` (every namespace if None): serve it, drop what it no longer holds."""
+        seen: set[tuple[str, str]] = set()
+        for body in bodies:
+            self.put(body)
+            seen.add((body["metadata"]["namespace"], body["metadata"]["name"]))
+        for ns in [namespace] if namespace is not None else list(self._flags):
+            for name in [n for n in self._flags.get(ns, {}) if (ns, n) not in seen]:
+                self.drop({"metadata": {"namespace": ns, "name": name}})
 
     def snapshot(self, namespace: str) -> Snapshot:
         """The namespace's current flag set (empty for a namespace with no flags)."""

@@ -8,12 +8,19 @@ and the standard paths follow it:
   a request whose ``If-None-Match`` carries it gets ``304 Not Modified`` until a flag changes. The
   ETag covers the flag set *and* the request's context, since the answer depends on both.
 
+Bounded (settings in ``config.py``): connections per replica (one over is answered 503 and
+closed), the body's size (413) and the time to send it (408), the keep-alive timeout (an idle or
+half-sent connection is closed). Every malformed request is a 400 with OFREP's error body, whatever
+the parser raised (65,000 ``[`` are a ``RecursionError`` in ``json``), and no error repeats more
+than ``ECHOED_CHARS`` of what the client sent.
+
 Evaluation is flagd's own evaluator (``openfeature-flagd-core``, the one in-process providers run)
 on the same flag set the sync stream sends, so both protocols answer alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -23,6 +30,8 @@ from aiohttp import web
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode, OpenFeatureError
 
+from flag_scheduler.config import Settings
+from flag_scheduler.http_server import Listener, listen
 from flag_scheduler.serving.flag_definitions import namespace_problem
 from flag_scheduler.serving.flag_store import FlagStore, Snapshot
 from flag_scheduler.logs import get_logger
@@ -30,16 +39,23 @@ from flag_scheduler.metrics import OFREP_REQUESTS
 
 log = get_logger()
 
-MAX_BODY = 64 * 1024  # an evaluation context is small; a larger body is refused with 413
+ECHOED_CHARS = 128
 STORE: web.AppKey[FlagStore] = web.AppKey("store", FlagStore)
+READ_TIMEOUT: web.AppKey[float] = web.AppKey("read_timeout", float)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
 
 class BadRequest(Exception):
-    """A request OFREP answers with 400 and an error code."""
+    """A request OFREP answers with an error code (400 unless ``status`` says otherwise)."""
 
-    def __init__(self, code: ErrorCode, details: str) -> None:
+    def __init__(self, code: ErrorCode, details: str, status: int = 400) -> None:
         super().__init__(details)
-        self.code, self.details = code, details
+        self.code, self.details, self.status = code, details, status
+
+
+def echo(text: str) -> str:
+    """Client input as it may appear in an answer: at most ``ECHOED_CHARS`` characters."""
+    return text if len(text) <= ECHOED_CHARS else text[:ECHOED_CHARS] + f"... ({len(text)} chars)"
 
 
 async def evaluate_one(request: web.Request) -> web.Response:
@@ -49,7 +65,7 @@ async def evaluate_one(request: web.Request) -> web.Response:
         snap, context = await _read(request)
         result = _evaluate(snap, key, context)
     except BadRequest as err:
-        return _reply(400, {"key": key, "errorCode": err.code.value, "errorDetails": err.details})
+        return _reply(err.status, {"key": echo(key), "errorCode": err.code.value, "errorDetails": err.details})
     if result.get("errorCode") == ErrorCode.FLAG_NOT_FOUND.value:
         return _reply(404, result)
     return _reply(400 if "errorCode" in result else 200, result)
@@ -59,9 +75,9 @@ async def evaluate_all(request: web.Request) -> web.Response:
     """``POST .../ofrep/v1/evaluate/flags``: the whole namespace, ETag/If-None-Match → 304."""
     try:
         snap, context = await _read(request)
+        etag = '"' + hashlib.sha256(f"{snap.etag}|{_canonical(context)}".encode()).hexdigest()[:24] + '"'
     except BadRequest as err:
-        return _reply(400, {"errorCode": err.code.value, "errorDetails": err.details})
-    etag = '"' + hashlib.sha256(f"{snap.etag}|{_canonical(context)}".encode()).hexdigest()[:24] + '"'
+        return _reply(err.status, {"errorCode": err.code.value, "errorDetails": err.details})
     tags = _tags(request.headers.get("If-None-Match", ""))
     if etag in tags or "*" in tags:
         OFREP_REQUESTS.labels("304").inc()
@@ -75,13 +91,8 @@ async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
     namespace = request.match_info["namespace"]
     problem = namespace_problem(namespace)
     if problem:
-        raise BadRequest(ErrorCode.GENERAL, f"path: {problem}")
-    body: Any = {}
-    if request.can_read_body:
-        try:
-            body = json.loads(await request.read() or b"{}")
-        except ValueError as err:
-            raise BadRequest(ErrorCode.PARSE_ERROR, f"body: not JSON ({err})") from None
+        raise BadRequest(ErrorCode.GENERAL, f"path: {echo(problem)}")
+    body = _parse(await _body(request))
     if not isinstance(body, dict):
         raise BadRequest(ErrorCode.PARSE_ERROR, "body: must be a JSON object")
     context = body.get("context", {})
@@ -91,7 +102,36 @@ async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
     if targeting_key is not None and not isinstance(targeting_key, str):
         raise BadRequest(ErrorCode.INVALID_CONTEXT, "context.targetingKey: must be a string")
     attributes = {k: v for k, v in context.items() if k != "targetingKey"}
-    return request.app[STORE].snapshot(namespace), EvaluationContext(targeting_key, attributes)
+    try:
+        evaluation_context = EvaluationContext(targeting_key, attributes)
+    except (TypeError, ValueError) as err:
+        raise BadRequest(ErrorCode.INVALID_CONTEXT, f"context: {echo(str(err))}") from None
+    return request.app[STORE].snapshot(namespace), evaluation_context
+
+
+async def _body(request: web.Request) -> bytes:
+    """The request body, within the size and time limits (413, 408)."""
+    if not request.can_read_body:
+        return b""
+    try:
+        return await asyncio.wait_for(request.read(), request.app[READ_TIMEOUT])
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY]
+        raise BadRequest(ErrorCode.GENERAL, f"body: larger than {limit} bytes", 413) from None
+    except TimeoutError:
+        raise BadRequest(ErrorCode.GENERAL, f"body: not sent within {request.app[READ_TIMEOUT]:g} s", 408) from None
+
+
+def _parse(data: bytes) -> Any:
+    """The body as JSON; PARSE_ERROR for anything the parser refuses, however it refuses it."""
+    if not data.strip():
+        return {}
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadRequest(ErrorCode.PARSE_ERROR, "body: JSON nested too deeply") from None
+    except ValueError as err:  # also UnicodeDecodeError
+        raise BadRequest(ErrorCode.PARSE_ERROR, f"body: not JSON ({echo(str(err))})") from None
 
 
 def _evaluate(snap: Snapshot, key: str, context: EvaluationContext) -> dict[str, Any]:
@@ -99,7 +139,9 @@ def _evaluate(snap: Snapshot, key: str, context: EvaluationContext) -> dict[str,
     try:
         details = snap.evaluate(key, context)
     except OpenFeatureError as err:
-        return {"key": key, "errorCode": err.error_code.value, "errorDetails": err.error_message or str(err)}
+        return {"key": echo(key), "errorCode": err.error_code.value, "errorDetails": echo(err.error_message or str(err))}
+    except (RecursionError, TypeError, ValueError) as err:  # a context the evaluator cannot walk
+        return {"key": echo(key), "errorCode": ErrorCode.INVALID_CONTEXT.value, "errorDetails": echo(str(err))}
     out: dict[str, Any] = {"key": key, "value": details.value, "reason": str(details.reason.value)}
     out["variant"] = details.variant
     out["metadata"] = dict(details.flag_metadata or {})
@@ -112,33 +154,36 @@ def _reply(status: int, body: dict[str, Any], etag: str | None = None) -> web.Re
 
 
 def _canonical(context: EvaluationContext) -> str:
-    return json.dumps([context.targeting_key, context.attributes], sort_keys=True, default=str)
+    try:
+        return json.dumps([context.targeting_key, context.attributes], sort_keys=True, default=str)
+    except RecursionError:
+        raise BadRequest(ErrorCode.PARSE_ERROR, "body: JSON nested too deeply") from None
 
 
 def _tags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
-def ofrep_app(store: FlagStore) -> web.Application:
+def ofrep_app(store: FlagStore, settings: Settings) -> web.Application:
     """The OFREP routes on ``store``."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=settings.ofrep_max_body_bytes)
     app[STORE] = store
+    app[READ_TIMEOUT] = settings.ofrep_read_timeout_seconds
+    app[MAX_BODY] = settings.ofrep_max_body_bytes
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags", evaluate_all)
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags/{key}", evaluate_one)
     return app
 
 
-async def start_ofrep_server(store: FlagStore, address: str, port: int) -> web.AppRunner:
-    """Serve OFREP on ``address:port``; SystemExit naming the setting if the port is taken."""
+async def start_ofrep_server(store: FlagStore, settings: Settings) -> Listener:
+    """Serve OFREP on the OFREP port; SystemExit naming the setting if the port is taken."""
     # flagd's core logs an error for each fractional evaluation without a targeting key; OFREP
     # already answers those with reason DEFAULT, so the log would only repeat it per request.
     logging.getLogger("openfeature.contrib").setLevel(logging.CRITICAL)
-    runner = web.AppRunner(ofrep_app(store), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, address, port, reuse_address=True).start()
-    except OSError as err:
-        await runner.cleanup()
-        raise SystemExit(f"FLAG_SCHEDULER_OFREP_PORT: cannot listen on {address}:{port} ({err})") from None
-    log.info("ofrep.serving", address=address, port=port)
-    return runner
+    address, port = settings.serve_address, settings.ofrep_port
+    listener = await listen(
+        ofrep_app(store, settings), address, port, "FLAG_SCHEDULER_OFREP_PORT",
+        max_connections=settings.ofrep_max_connections, keepalive_timeout=settings.http_keepalive_timeout_seconds,
+    )
+    log.info("ofrep.serving", address=address, port=port, max_connections=settings.ofrep_max_connections)
+    return listener

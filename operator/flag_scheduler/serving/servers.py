@@ -1,6 +1,6 @@
-"""Serving flags to OpenFeature SDKs from this replica: flagd sync (gRPC) and OFREP (HTTP).
+"""The flag server's two listeners: flagd sync (gRPC) and OFREP (HTTP), on one store.
 
-Every replica serves, leader or not: the store is fed by the same watch on all of them, and
+Every flag-server replica serves the same: the store is fed by each replica's own watch, and
 serving is read-only. On shutdown the store wakes every sync stream, which ends with status OK
 (providers reconnect, through the Service, to another replica), then the servers stop, giving
 calls in flight a moment to finish.
@@ -8,11 +8,11 @@ calls in flight a moment to finish.
 
 from __future__ import annotations
 
-from aiohttp import web
 from grpc import aio
 
 from flag_scheduler.config import Settings
 from flag_scheduler.serving.flag_store import FlagStore
+from flag_scheduler.http_server import Listener
 from flag_scheduler.logs import get_logger
 from flag_scheduler.serving.ofrep import start_ofrep_server
 from flag_scheduler.serving.sync import start_sync_server
@@ -28,7 +28,7 @@ class Serving:
     def __init__(self, store: FlagStore) -> None:
         self.store = store
         self.sync: aio.Server | None = None
-        self.ofrep: web.AppRunner | None = None
+        self.ofrep: Listener | None = None
 
     @classmethod
     async def start(cls, settings: Settings, store: FlagStore) -> Serving:
@@ -36,9 +36,9 @@ class Serving:
         serving = cls(store)
         try:
             if settings.sync_port:
-                serving.sync = await start_sync_server(store, settings.serve_address, settings.sync_port)
+                serving.sync = await start_sync_server(store, settings)
             if settings.ofrep_port:
-                serving.ofrep = await start_ofrep_server(store, settings.serve_address, settings.ofrep_port)
+                serving.ofrep = await start_ofrep_server(store, settings)
         except BaseException:
             await serving.close()
             raise
@@ -50,5 +50,5 @@ class Serving:
         if self.sync is not None:
             await self.sync.stop(GRACE_SECONDS)
         if self.ofrep is not None:
-            await self.ofrep.cleanup()
+            await self.ofrep.close()
         log.info("serving.stopped")

@@ -11,6 +11,12 @@ ships (``openfeature.schemas.protobuf.flagd.sync.v1``), the stubs the providers 
 Clients may ping every 10 s on idle streams (flagd's Go provider pings every 30 s; gRPC's default
 policy would answer that with GOAWAY), and the server pings idle peers so a vanished client's
 stream is closed and leaves the gauge.
+
+Bounded (settings in ``config.py``): calls per replica (over it: ``RESOURCE_EXHAUSTED``, from
+gRPC's own limit), streams per connection (HTTP/2 ``MAX_CONCURRENT_STREAMS``: the client queues
+the rest), connection age (``GOAWAY``, then a grace period: clients reconnect, through the
+Service, possibly to another replica) and request size. A snapshot is serialized once and the same
+bytes go to every stream, so a stream costs the same however many flags its namespace has.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from flag_scheduler.config import Settings
 from flag_scheduler.serving.flag_definitions import selected_namespace
 from flag_scheduler.serving.flag_store import FlagStore
 from flag_scheduler.logs import get_logger
@@ -30,14 +37,28 @@ from flag_scheduler.metrics import SYNC_PUSHES, SYNC_STREAMS
 log = get_logger()
 
 SELECTOR_HEADER = "flagd-selector"
-MAX_RPCS = 10_000  # streams and calls at once; more are refused with RESOURCE_EXHAUSTED
-OPTIONS = [
-    ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it silently
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-]
+SERVICE = "flagd.sync.v1.FlagSyncService"
+MAX_REQUEST_BYTES = 16 * 1024  # a request carries a selector and a provider id: a few bytes
+LOGGED_CHARS = 128  # of a client-chosen string (provider id, peer) in a log line
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The channel arguments that bound what one client can hold (see the README, "Bounded serving")."""
+    return [
+        ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it silently
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.max_concurrent_streams", settings.sync_max_streams_per_connection),
+        ("grpc.max_connection_age_ms", int(settings.sync_max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.sync_max_connection_age_grace_seconds * 1000)),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ]
+
+
+def _encode_sync(configuration: str) -> bytes:
+    return sync_pb2.SyncFlagsResponse(flag_configuration=configuration).SerializeToString()
 
 
 class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
@@ -48,23 +69,26 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
 
     async def SyncFlags(  # noqa: N802 - the protocol's name
         self, request: sync_pb2.SyncFlagsRequest, context: aio.ServicerContext
-    ) -> AsyncIterator[sync_pb2.SyncFlagsResponse]:
+    ) -> AsyncIterator[bytes]:
         """Send the flag set now and after each change, until the client leaves or the server closes."""
         namespace = await _namespace(request.selector, context)
         SYNC_STREAMS.inc()
-        log.info("sync.stream_opened", namespace=namespace, peer=context.peer(), provider_id=request.provider_id)
+        # At debug: a client may open thousands of streams, each with a provider id of its choosing.
+        log.debug("sync.stream_opened", namespace=namespace, peer=context.peer()[:LOGGED_CHARS],
+                  provider_id=request.provider_id[:LOGGED_CHARS])
         try:
             sent = None
             while not self.store.closed:
                 snap = self.store.snapshot(namespace)
                 if snap.etag != sent:
-                    yield sync_pb2.SyncFlagsResponse(flag_configuration=snap.configuration)
+                    # Already serialized, once per snapshot: every stream shares the same bytes.
+                    yield snap.encoded("sync", _encode_sync)
                     sent = snap.etag
                     SYNC_PUSHES.inc()
                 await snap.replaced.wait()
         finally:
             SYNC_STREAMS.dec()
-            log.info("sync.stream_closed", namespace=namespace, peer=context.peer())
+            log.debug("sync.stream_closed", namespace=namespace, peer=context.peer()[:LOGGED_CHARS])
 
     async def FetchAllFlags(  # noqa: N802
         self, request: sync_pb2.FetchAllFlagsRequest, context: aio.ServicerContext
@@ -89,10 +113,30 @@ async def _namespace(field: str, context: aio.ServicerContext) -> str:
     return namespace
 
 
-async def start_sync_server(store: FlagStore, address: str, port: int) -> aio.Server:
-    """Serve ``FlagSyncService`` on ``address:port``; SystemExit naming the setting if the port is taken."""
-    server = aio.server(options=OPTIONS, maximum_concurrent_rpcs=MAX_RPCS)
-    sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(FlagSync(store), server)
+def _handlers(service: FlagSync) -> grpc.GenericRpcHandler:
+    """The generated service's handlers, except that SyncFlags yields bytes already encoded."""
+    methods = {
+        "SyncFlags": grpc.unary_stream_rpc_method_handler(
+            service.SyncFlags, request_deserializer=sync_pb2.SyncFlagsRequest.FromString,
+            response_serializer=bytes,
+        ),
+        "FetchAllFlags": grpc.unary_unary_rpc_method_handler(
+            service.FetchAllFlags, request_deserializer=sync_pb2.FetchAllFlagsRequest.FromString,
+            response_serializer=sync_pb2.FetchAllFlagsResponse.SerializeToString,
+        ),
+        "GetMetadata": grpc.unary_unary_rpc_method_handler(
+            service.GetMetadata, request_deserializer=sync_pb2.GetMetadataRequest.FromString,
+            response_serializer=sync_pb2.GetMetadataResponse.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+async def start_sync_server(store: FlagStore, settings: Settings) -> aio.Server:
+    """Serve ``FlagSyncService`` on the sync port; SystemExit naming the setting if the port is taken."""
+    address, port = settings.serve_address, settings.sync_port
+    server = aio.server(options=server_options(settings), maximum_concurrent_rpcs=settings.sync_max_streams)
+    server.add_generic_rpc_handlers((_handlers(FlagSync(store)),))
     try:
         bound = server.add_insecure_port(f"{address}:{port}")
     except RuntimeError as err:
@@ -102,5 +146,6 @@ async def start_sync_server(store: FlagStore, address: str, port: int) -> aio.Se
     if not bound:
         raise SystemExit(f"FLAG_SCHEDULER_SYNC_PORT: cannot listen on {address}:{port} ({cause or 'in use'})")
     await server.start()
-    log.info("sync.serving", address=address, port=port)
+    log.info("sync.serving", address=address, port=port, max_streams=settings.sync_max_streams,
+             max_streams_per_connection=settings.sync_max_streams_per_connection)
     return server
