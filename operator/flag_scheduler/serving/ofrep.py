@@ -8,8 +8,16 @@ and the standard paths follow it:
   a request whose ``If-None-Match`` carries it gets ``304 Not Modified`` until a flag changes. The
   ETag covers the flag set *and* the request's context, since the answer depends on both.
 
-Evaluation is flagd's own evaluator (``openfeature-flagd-core``, the one in-process providers run)
-on the same flag set the sync stream sends, so both protocols answer alike.
+Evaluation is flagd's own evaluator (``openfeature-flagd-core``, the one the Python in-process
+provider runs) on the same flag set the sync stream sends. Which other SDKs bucket rollouts alike is
+measured, not assumed: see the README's agreement table and ``tests/integration/test_sdk_clients.py``.
+
+Every body, success or error, carries ``metadata`` (at least the flag set's ``flagSetId``): OFREP
+providers copy it into the evaluation details, and some (Java's) fail on a body without it.
+``reason`` stays within OFREP's enum: flagd's ``DEFAULT`` (a rule ran and matched nothing: a
+rollout evaluated without a targeting key) is answered as ``UNKNOWN``, not ``STATIC``, because a
+client may keep a ``STATIC`` answer for every context, and this one depends on the context.
+Browsers reach it from the origins in ``FLAG_SCHEDULER_CORS_ORIGINS`` (``serving/cors.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from aiohttp import web
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode, OpenFeatureError
 
+from flag_scheduler.serving.cors import cors_middleware
 from flag_scheduler.serving.flag_definitions import namespace_problem
 from flag_scheduler.serving.flag_store import FlagStore, Snapshot
 from flag_scheduler.logs import get_logger
@@ -30,6 +39,7 @@ from flag_scheduler.metrics import OFREP_REQUESTS
 
 log = get_logger()
 
+OFREP_REASONS = frozenset({"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN"})
 MAX_BODY = 64 * 1024  # an evaluation context is small; a larger body is refused with 413
 STORE: web.AppKey[FlagStore] = web.AppKey("store", FlagStore)
 
@@ -49,7 +59,7 @@ async def evaluate_one(request: web.Request) -> web.Response:
         snap, context = await _read(request)
         result = _evaluate(snap, key, context)
     except BadRequest as err:
-        return _reply(400, {"key": key, "errorCode": err.code.value, "errorDetails": err.details})
+        return _reply(400, failure_body(err.code, err.details, _set_metadata(request), key))
     if result.get("errorCode") == ErrorCode.FLAG_NOT_FOUND.value:
         return _reply(404, result)
     return _reply(400 if "errorCode" in result else 200, result)
@@ -60,14 +70,14 @@ async def evaluate_all(request: web.Request) -> web.Response:
     try:
         snap, context = await _read(request)
     except BadRequest as err:
-        return _reply(400, {"errorCode": err.code.value, "errorDetails": err.details})
+        return _reply(400, failure_body(err.code, err.details, _set_metadata(request)))
     etag = '"' + hashlib.sha256(f"{snap.etag}|{_canonical(context)}".encode()).hexdigest()[:24] + '"'
     tags = _tags(request.headers.get("If-None-Match", ""))
     if etag in tags or "*" in tags:
         OFREP_REQUESTS.labels("304").inc()
         return web.Response(status=304, headers={"ETag": etag})
     flags = [_evaluate(snap, key, context) for key in snap.keys]
-    return _reply(200, {"flags": flags, "metadata": {"flagSetId": snap.namespace}}, etag)
+    return _reply(200, {"flags": flags, "metadata": _set_metadata(request)}, etag)
 
 
 async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
@@ -96,14 +106,30 @@ async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
 
 def _evaluate(snap: Snapshot, key: str, context: EvaluationContext) -> dict[str, Any]:
     """One flag as OFREP's evaluation success or failure object."""
+    set_metadata = {"flagSetId": snap.namespace}
     try:
         details = snap.evaluator().resolve_boolean_value(key, False, context)
     except OpenFeatureError as err:
-        return {"key": key, "errorCode": err.error_code.value, "errorDetails": err.error_message or str(err)}
-    out: dict[str, Any] = {"key": key, "value": details.value, "reason": str(details.reason.value)}
-    out["variant"] = details.variant
-    out["metadata"] = dict(details.flag_metadata or {})
-    return out
+        return failure_body(err.error_code, err.error_message or str(err), set_metadata, key)
+    reason = str(details.reason.value)
+    return {
+        "key": key, "value": details.value, "variant": details.variant,
+        "reason": reason if reason in OFREP_REASONS else "UNKNOWN",
+        "metadata": {**set_metadata, **(details.flag_metadata or {})},
+    }
+
+
+def failure_body(code: ErrorCode, details: str, metadata: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """OFREP's failure object (one flag's, with ``key``; the bulk request's, without)."""
+    body: dict[str, Any] = {"key": key} if key is not None else {}
+    body.update(errorCode=code.value, errorDetails=details, metadata=metadata)
+    return body
+
+
+def _set_metadata(request: web.Request) -> dict[str, Any]:
+    """The flag set's metadata, from the path (only a valid namespace is named back)."""
+    namespace = request.match_info["namespace"]
+    return {} if namespace_problem(namespace) else {"flagSetId": namespace}
 
 
 def _reply(status: int, body: dict[str, Any], etag: str | None = None) -> web.Response:
@@ -119,21 +145,23 @@ def _tags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
-def ofrep_app(store: FlagStore) -> web.Application:
-    """The OFREP routes on ``store``."""
-    app = web.Application(client_max_size=MAX_BODY)
+def ofrep_app(store: FlagStore, cors_origins: frozenset[str] = frozenset()) -> web.Application:
+    """The OFREP routes on ``store``, answering browsers from ``cors_origins``."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[cors_middleware(cors_origins)])
     app[STORE] = store
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags", evaluate_all)
     app.router.add_post("/{namespace}/ofrep/v1/evaluate/flags/{key}", evaluate_one)
     return app
 
 
-async def start_ofrep_server(store: FlagStore, address: str, port: int) -> web.AppRunner:
+async def start_ofrep_server(
+    store: FlagStore, address: str, port: int, cors_origins: frozenset[str] = frozenset()
+) -> web.AppRunner:
     """Serve OFREP on ``address:port``; SystemExit naming the setting if the port is taken."""
     # flagd's core logs an error for each fractional evaluation without a targeting key; OFREP
     # already answers those with reason DEFAULT, so the log would only repeat it per request.
     logging.getLogger("openfeature.contrib").setLevel(logging.CRITICAL)
-    runner = web.AppRunner(ofrep_app(store), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(ofrep_app(store, cors_origins), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, address, port, reuse_address=True).start()

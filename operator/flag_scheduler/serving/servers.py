@@ -38,7 +38,9 @@ class Serving:
             if settings.sync_port:
                 serving.sync = await start_sync_server(store, settings.serve_address, settings.sync_port)
             if settings.ofrep_port:
-                serving.ofrep = await start_ofrep_server(store, settings.serve_address, settings.ofrep_port)
+                serving.ofrep = await start_ofrep_server(
+                    store, settings.serve_address, settings.ofrep_port, frozenset(settings.cors_origins)
+                )
         except BaseException:
             await serving.close()
             raise
