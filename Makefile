@@ -13,7 +13,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
+.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ venv: $(STAMP) ## Create .venv with the pinned dependencies
 binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(CONTROLPLANE)/build.sh
 
-test: venv binaries ## Run the Argo CD Lua cases, then unit and integration tests against the real local control plane
+clients: venv ## Install the JS, Java and browser SDK clients the tests run (npm ci, mvn, Debian's chromium); cached
+	@$(PY) tests/clients/install.py
+
+test: venv binaries clients ## Run the Argo CD Lua cases, then unit and integration tests against the real local control plane
 	@$(MAKE) --no-print-directory argocd-lua
 	$(PY) -m pytest tests
 

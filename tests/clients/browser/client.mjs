@@ -18,7 +18,8 @@ try {
     baseUrl: job.ofrepUrl, pollInterval: job.pollIntervalMs, cacheMode: 'disabled',
   }));
   const client = OpenFeature.getClient();
-  const first = { watch: details(client, job.watch), missing: details(client, 'no-such-flag'), ofrep: {} };
+  const first = { watch: { ofrep: details(client, job.watch) }, missing: { ofrep: details(client, 'no-such-flag') },
+                  ofrep: {} };
   // A web provider evaluates for one context at a time: each new targeting key is one bulk request.
   for (const flag of job.rollouts) first.ofrep[flag] = '';
   for (let i = 0; i < job.ofrepKeys; i++) {

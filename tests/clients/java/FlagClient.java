@@ -23,7 +23,9 @@ public class FlagClient {
                 .host(job.get("host").asText()).port(job.get("syncPort").asInt())
                 .selector(job.get("namespace").asText()).build());
         OpenFeatureAPI api = OpenFeatureAPI.getInstance();
-        api.setProviderAndWait("sync", provider);
+        // Not setProviderAndWait: its wait is the provider's deadline (1 s by default), shorter than a
+        // cold JVM on a busy machine needs; an application would also carry on and get defaults meanwhile.
+        api.setProvider("sync", provider);
         dev.openfeature.sdk.Client sync = api.getClient("sync");
         String watch = job.get("watch").asText();
 

@@ -10,10 +10,13 @@ import { OFREPProvider } from '@openfeature/ofrep-provider';
 const job = JSON.parse(process.argv[2]);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-await OpenFeature.setProviderAndWait('sync', new FlagdProvider({
+// Not setProviderAndWait: its first connection attempt must succeed within the provider's deadline
+// (500 ms by default), tight on a busy machine; the provider keeps reconnecting after it, and an
+// application would carry on with code defaults meanwhile.
+OpenFeature.setProvider('sync', new FlagdProvider({
   resolverType: 'in-process', host: job.host, port: job.syncPort, selector: job.namespace,
 }));
-await OpenFeature.setProviderAndWait('ofrep', new OFREPProvider({ baseUrl: job.ofrepUrl }));
+OpenFeature.setProvider('ofrep', new OFREPProvider({ baseUrl: job.ofrepUrl }));
 const sync = OpenFeature.getClient('sync');
 const ofrep = OpenFeature.getClient('ofrep');
 
