@@ -168,8 +168,10 @@ def test_connected_clients_of_each_runtime_follow_a_server_replaced_under_them_w
 ) -> None:
     """One server stops (a rollout or rebalancing), another takes its port: every sync client moves over.
 
-    The clients run their SDKs' default retry settings; ``handover_s`` per runtime (from the new
-    server being ready to the client seeing the change made while no server ran) is printed.
+    The clients run their SDKs' default retry settings; per runtime, the time from the new server
+    being ready (and from the old one stopping) to the client seeing the change made meanwhile is
+    printed. Before the old server ended its streams UNAVAILABLE (it ended them OK), the JS client
+    never reconnected and this test failed waiting for it.
     """
     old = serve(start_operator, log_name="old.log")
     cluster.flag(WATCH, enabled=False, rollout=100)
@@ -184,6 +186,7 @@ def test_connected_clients_of_each_runtime_follow_a_server_replaced_under_them_w
             client.next_report(120, "connected")
         assert python.get_boolean_value(WATCH, True, EvaluationContext("user-1")) is False
 
+        stopped = time.monotonic()
         old.op.stop()
         cluster.custom.patch_namespaced_custom_object(
             "flagscheduler.dev", "v1alpha1", cluster.ns, "featureflags", WATCH, {"spec": {"enabled": True}})
@@ -198,7 +201,46 @@ def test_connected_clients_of_each_runtime_follow_a_server_replaced_under_them_w
             client.stop()
         api.shutdown()
     assert all(report["changed"]["sync"]["value"] is True for report in seen.values())
-    handover = {"python": python_seen - ready, **{name: r["arrived"] - ready for name, r in seen.items()}}
-    print("\nhandover_s (new server ready -> change seen, default client settings):",
-          {name: round(max(s, 0.0), 2) for name, s in handover.items()})
+    seen_at = {"python": python_seen, **{name: r["arrived"] for name, r in seen.items()}}
+    print(f"\nhandover (default client settings): new server ready {ready - stopped:.2f} s after the old one"
+          " began to stop; change seen, in s after that ready / after the stop:",
+          {name: (round(max(at - ready, 0.0), 2), round(at - stopped, 2)) for name, at in seen_at.items()})
     assert new.op.proc is not None and new.op.proc.poll() is None
+
+
+def test_ofrep_bodies_carry_metadata_reasons_stay_in_the_enum_and_only_listed_origins_pass_cors(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    page = "https://app.example.com"
+    served = serve(start_operator, FLAG_SCHEDULER_CORS_ORIGINS=f'["{page}"]')
+    cluster.flag("half", enabled=True, rollout=50)
+    base = served.ofrep_url(cluster.ns) + "/ofrep/v1/evaluate/flags"
+    wait_for(lambda: requests.post(base + "/half", json={}, timeout=5).status_code == 200, what="flag half served")
+
+    # Every body has metadata: success, flag not found (a Java OFREP provider fails without it), bad request.
+    missing = requests.post(base + "/nope", json={"context": {"targetingKey": "u"}}, timeout=5)
+    assert (missing.status_code, missing.json()) == (404, {
+        "key": "nope", "errorCode": "FLAG_NOT_FOUND", "errorDetails": "Flag with key nope not present in flag store.",
+        "metadata": {"flagSetId": cluster.ns}})
+    bad = requests.post(base, data=b"[", headers={"Content-Type": "application/json"}, timeout=5)
+    assert bad.status_code == 400 and bad.json()["metadata"] == {"flagSetId": cluster.ns}
+    # A rollout without a targeting key falls to the default variant: flagd says DEFAULT, OFREP's
+    # enum has no such reason, and STATIC would let a client keep it for every context: UNKNOWN.
+    keyless = requests.post(base + "/half", json={}, timeout=5).json()
+    assert (keyless["value"], keyless["variant"], keyless["reason"]) == (False, "off", "UNKNOWN")
+    keyed = requests.post(base + "/half", json={"context": {"targetingKey": "user-1"}}, timeout=5).json()
+    assert keyed["reason"] == "TARGETING_MATCH" and keyed["metadata"] == {"flagSetId": cluster.ns}
+
+    # CORS: the listed origin's preflight is answered and its answers expose the ETag; others get nothing.
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,if-none-match"}
+    allowed = requests.options(base, headers={"Origin": page, **preflight}, timeout=5)
+    assert allowed.status_code == 204
+    assert (allowed.headers["Access-Control-Allow-Origin"], allowed.headers["Access-Control-Allow-Headers"]) == (
+        page, "content-type,if-none-match")
+    bulk = requests.post(base, json={}, headers={"Origin": page}, timeout=5)
+    assert bulk.headers["Access-Control-Allow-Origin"] == page and bulk.headers["Access-Control-Expose-Headers"] == "ETag"
+    refused = requests.options(base, headers={"Origin": "https://evil.example.com", **preflight}, timeout=5)
+    assert refused.status_code == 403 and "FLAG_SCHEDULER_CORS_ORIGINS" in refused.text
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    other = requests.post(base, json={}, headers={"Origin": "https://evil.example.com"}, timeout=5)
+    assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers

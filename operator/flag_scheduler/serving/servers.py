@@ -1,9 +1,9 @@
 """Serving flags to OpenFeature SDKs from this replica: flagd sync (gRPC) and OFREP (HTTP).
 
 Every replica serves, leader or not: the store is fed by the same watch on all of them, and
-serving is read-only. On shutdown the store wakes every sync stream, which ends with status OK
-(providers reconnect, through the Service, to another replica), then the servers stop, giving
-calls in flight a moment to finish.
+serving is read-only. On shutdown the store wakes every sync stream, which ends with status
+``UNAVAILABLE`` (providers retry it, through the Service, on another replica), then the servers stop
+(gRPC sends GOAWAY), giving calls in flight a moment to finish.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """flagd's sync protocol (``flagd.sync.v1.FlagSyncService``, gRPC) for in-process providers and flagd.
 
 ``SyncFlags`` streams the selected namespace's whole flag set at once and again after every change
-of a served definition; ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
+of a served definition, until the server shuts down and ends it with ``UNAVAILABLE`` (retryable); ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
 still called by the providers) answers an empty object. The selector names the namespace (bare, or
 ``flagSetId=<namespace>``): the ``flagd-selector`` header, else the request's ``selector`` field
 (providers send both).
@@ -30,6 +30,7 @@ from flag_scheduler.metrics import SYNC_PUSHES, SYNC_STREAMS
 log = get_logger()
 
 SELECTOR_HEADER = "flagd-selector"
+SHUTTING_DOWN = "flag server shutting down: reconnect (through the Service, to another replica)"
 MAX_RPCS = 10_000  # streams and calls at once; more are refused with RESOURCE_EXHAUSTED
 OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second process on the same port must fail, not share it silently
@@ -62,6 +63,9 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
                     sent = snap.etag
                     SYNC_PUSHES.inc()
                 await snap.replaced.wait()
+            # A server going away ends streams UNAVAILABLE, not OK: the JS provider takes an OK end
+            # as the end of the story and never reconnects, while every provider retries UNAVAILABLE.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         finally:
             SYNC_STREAMS.dec()
             log.info("sync.stream_closed", namespace=namespace, peer=context.peer())
