@@ -22,7 +22,7 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 
-from operator_harness import Cluster, OperatorProcess, in_seconds, wait_for
+from operator_harness import Cluster, OperatorProcess, in_seconds, parse_time, wait_for
 from sdk_clients import (
     PageServer,
     Served,
@@ -139,10 +139,18 @@ def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a
             assert (details["value"], details["variant"], details["errorCode"]) == (False, "off", None), (name, protocol)
         for protocol, details in report["missing"].items():
             assert (details["value"], details["errorCode"]) == (True, "FLAG_NOT_FOUND"), (name, protocol, details)
-    # After it: every client saw it without a restart, with the schedule as flag metadata where the SDK returns it.
+    # After it: every client saw it without a restart, with the schedule that changed it (and when)
+    # as the evaluation's flag metadata.
+    metadata = {}
     for name, seen in changed.items():
         for protocol, details in seen.items():
             assert (details["value"], details["variant"]) == (True, "on"), (name, protocol)
+            metadata[f"{name} {protocol}"] = details["flagMetadata"]
+    print("\nflag metadata after the change:", metadata)
+    applied_at = parse_time(cluster.status("go-live")["appliedAt"])
+    for where, flag_metadata in metadata.items():
+        assert flag_metadata["lastAppliedSchedule"] == "go-live", where
+        assert parse_time(flag_metadata["lastAppliedAt"]) == applied_at, where
 
     # The bucketing: OFREP runs flagd's current rule; each client runs the generation its source says.
     assert truth == generation_bits(bucket_cbor)
@@ -160,6 +168,9 @@ def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a
     for client, differ in table.items():
         print(f"  {client}: {differ}")
     assert {c: not any(d.values()) for c, d in table.items()} == {c: a for c, (_, a) in AGREES_WITH_OFREP.items()}
+    js_vs_java = agreement(answered["js in-process"], answered["java in-process"])
+    print("js in-process answering differently from java in-process:", js_vs_java)
+    assert all(js_vs_java.values()), "the JS and Java in-process providers bucket differently from each other too"
     print("chromium:", chromium_version())
 
 
