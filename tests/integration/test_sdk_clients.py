@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -102,6 +103,44 @@ def agreement(bits: dict[str, str], truth: dict[str, str]) -> dict[str, int]:
     return {flag: sum(a != b for a, b in zip(bits[flag], truth[flag])) for flag in ROLLOUTS}
 
 
+def assert_flag_seen_before_and_after(first: dict[str, Any], changed: dict[str, Any], cluster: Cluster) -> None:
+    """Before: off (the code default is true), a missing flag is FLAG_NOT_FOUND. After: on, with
+    the schedule that changed it (and when) as flag metadata. In every client, through both protocols."""
+    for name, report in first.items():
+        for protocol, details in report["watch"].items():
+            assert (details["value"], details["variant"], details["errorCode"]) == (False, "off", None), (name, protocol)
+        for protocol, details in report["missing"].items():
+            assert (details["value"], details["errorCode"]) == (True, "FLAG_NOT_FOUND"), (name, protocol, details)
+    metadata = {}
+    for name, seen in changed.items():
+        for protocol, details in seen.items():
+            assert (details["value"], details["variant"]) == (True, "on"), (name, protocol)
+            metadata[f"{name} {protocol}"] = details["flagMetadata"]
+    print("\nflag metadata after the change:", metadata)
+    applied_at = parse_time(cluster.status("go-live")["appliedAt"])
+    for where, flag_metadata in metadata.items():
+        assert flag_metadata["lastAppliedSchedule"] == "go-live", where
+        assert parse_time(flag_metadata["lastAppliedAt"]) == applied_at, where
+
+
+def assert_agreement_table(answered: dict[str, dict[str, str]], truth: dict[str, str]) -> None:
+    """OFREP runs flagd's current rule; each client runs the generation its source says; the table holds."""
+    assert truth == generation_bits(bucket_cbor)
+    table = {}
+    for client, (rule, _) in AGREES_WITH_OFREP.items():
+        bits = answered[client.split(" (")[0]]
+        assert agreement(bits, generation_bits(rule)) == dict.fromkeys(ROLLOUTS, 0), f"{client} runs {rule.__name__}"
+        table[client] = agreement(bits, truth)
+    print("\nclients answering differently from OFREP, per rollout (keys compared: "
+          f"{KEYS} in-process, {REMOTE_KEYS} JS OFREP, {BROWSER_KEYS} browser):")
+    for client, differ in table.items():
+        print(f"  {client}: {differ}")
+    assert {c: not any(d.values()) for c, d in table.items()} == {c: a for c, (_, a) in AGREES_WITH_OFREP.items()}
+    js_vs_java = agreement(answered["js in-process"], answered["java in-process"])
+    print("js in-process answering differently from java in-process:", js_vs_java)
+    assert all(js_vs_java.values()), "the JS and Java in-process providers bucket differently from each other too"
+
+
 def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a_scheduled_change(
     clients: None, cluster: Cluster, start_operator: Callable[..., OperatorProcess], page: PageServer,
     tmp_path: Path,
@@ -132,45 +171,12 @@ def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a
         js.stop()
         java.stop()
 
-    # Before the change: the watched flag is off (the code default is true), a missing flag is
-    # FLAG_NOT_FOUND, in every client and through both protocols.
-    for name, report in first.items():
-        for protocol, details in report["watch"].items():
-            assert (details["value"], details["variant"], details["errorCode"]) == (False, "off", None), (name, protocol)
-        for protocol, details in report["missing"].items():
-            assert (details["value"], details["errorCode"]) == (True, "FLAG_NOT_FOUND"), (name, protocol, details)
-    # After it: every client saw it without a restart, with the schedule that changed it (and when)
-    # as the evaluation's flag metadata.
-    metadata = {}
-    for name, seen in changed.items():
-        for protocol, details in seen.items():
-            assert (details["value"], details["variant"]) == (True, "on"), (name, protocol)
-            metadata[f"{name} {protocol}"] = details["flagMetadata"]
-    print("\nflag metadata after the change:", metadata)
-    applied_at = parse_time(cluster.status("go-live")["appliedAt"])
-    for where, flag_metadata in metadata.items():
-        assert flag_metadata["lastAppliedSchedule"] == "go-live", where
-        assert parse_time(flag_metadata["lastAppliedAt"]) == applied_at, where
-
-    # The bucketing: OFREP runs flagd's current rule; each client runs the generation its source says.
-    assert truth == generation_bits(bucket_cbor)
+    assert_flag_seen_before_and_after(first, changed, cluster)
     answered = {
         "python in-process": python, "js in-process": first["js"]["sync"], "java in-process": first["java"]["sync"],
         "js OFREP": first["js"]["ofrep"], "browser OFREP": first["browser"]["ofrep"],
     }
-    table = {}
-    for client, (rule, _) in AGREES_WITH_OFREP.items():
-        bits = answered[client.split(" (")[0]]
-        assert agreement(bits, generation_bits(rule)) == dict.fromkeys(ROLLOUTS, 0), f"{client} runs {rule.__name__}"
-        table[client] = agreement(bits, truth)
-    print("\nclients answering differently from OFREP, per rollout (keys compared: "
-          f"{KEYS} in-process, {REMOTE_KEYS} JS OFREP, {BROWSER_KEYS} browser):")
-    for client, differ in table.items():
-        print(f"  {client}: {differ}")
-    assert {c: not any(d.values()) for c, d in table.items()} == {c: a for c, (_, a) in AGREES_WITH_OFREP.items()}
-    js_vs_java = agreement(answered["js in-process"], answered["java in-process"])
-    print("js in-process answering differently from java in-process:", js_vs_java)
-    assert all(js_vs_java.values()), "the JS and Java in-process providers bucket differently from each other too"
+    assert_agreement_table(answered, truth)
     print("chromium:", chromium_version())
 
 
