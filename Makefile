@@ -73,16 +73,18 @@ run: venv ## Run the operator against the cluster in $$KUBECONFIG (creates its L
 	@$(KUBECTL) get namespace $(LEASE_NAMESPACE) > /dev/null 2>&1 || $(KUBECTL) create namespace $(LEASE_NAMESPACE)
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases
+bench: venv binaries clients ## Run the benchmarks (QUICK=1 for a short run), then the scale and propagation phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
 
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 
-bench-propagation: venv binaries ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP
+bench-propagation: venv binaries clients ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP; 100 JS and 100 Java providers
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
 
 clean: ## Remove the virtualenv and caches inside the checkout
 	rm -rf $(VENV) .pytest_cache .hypothesis .cluster build
