@@ -234,7 +234,7 @@ def test_ofrep_bodies_carry_metadata_reasons_stay_in_the_enum_and_only_listed_or
     base = served.ofrep_url(cluster.ns) + "/ofrep/v1/evaluate/flags"
     wait_for(lambda: requests.post(base + "/half", json={}, timeout=5).status_code == 200, what="flag half served")
 
-    # Every body has metadata: success, flag not found (a Java OFREP provider fails without it), bad request.
+    # Every body has metadata: success, flag not found, bad request (providers read it from errors too).
     missing = requests.post(base + "/nope", json={"context": {"targetingKey": "u"}}, timeout=5)
     assert (missing.status_code, missing.json()) == (404, {
         "key": "nope", "errorCode": "FLAG_NOT_FOUND", "errorDetails": "Flag with key nope not present in flag store.",

@@ -13,7 +13,7 @@ provider runs) on the same flag set the sync stream sends. Which other SDKs buck
 measured, not assumed: see the README's agreement table and ``tests/integration/test_sdk_clients.py``.
 
 Every body, success or error, carries ``metadata`` (at least the flag set's ``flagSetId``): OFREP
-providers copy it into the evaluation details, and some (Java's) fail on a body without it.
+providers copy it into the evaluation details, and may read it from error bodies too.
 ``reason`` stays within OFREP's enum: flagd's ``DEFAULT`` (a rule ran and matched nothing: a
 rollout evaluated without a targeting key) is answered as ``UNKNOWN``, not ``STATIC``, because a
 client may keep a ``STATIC`` answer for every context, and this one depends on the context.
@@ -159,7 +159,7 @@ async def start_ofrep_server(
 ) -> web.AppRunner:
     """Serve OFREP on ``address:port``; SystemExit naming the setting if the port is taken."""
     # flagd's core logs an error for each fractional evaluation without a targeting key; OFREP
-    # already answers those with reason DEFAULT, so the log would only repeat it per request.
+    # already answers those (reason UNKNOWN, flagd's DEFAULT), so the log would only repeat it.
     logging.getLogger("openfeature.contrib").setLevel(logging.CRITICAL)
     runner = web.AppRunner(ofrep_app(store, cors_origins), access_log=None, shutdown_timeout=2.0)
     await runner.setup()

@@ -1,8 +1,9 @@
 """flagd's sync protocol (``flagd.sync.v1.FlagSyncService``, gRPC) for in-process providers and flagd.
 
 ``SyncFlags`` streams the selected namespace's whole flag set at once and again after every change
-of a served definition, until the server shuts down and ends it with ``UNAVAILABLE`` (retryable); ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
-still called by the providers) answers an empty object. The selector names the namespace (bare, or
+of a served definition, until the server shuts down and ends it with ``UNAVAILABLE`` (retryable);
+``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream, still called by the
+providers) answers an empty object. The selector names the namespace (bare, or
 ``flagSetId=<namespace>``): the ``flagd-selector`` header, else the request's ``selector`` field
 (providers send both).
 
