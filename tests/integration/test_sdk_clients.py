@@ -49,6 +49,7 @@ AGREES_WITH_OFREP = {
     "js in-process (@openfeature/flagd-provider 0.16.1, @openfeature/flagd-core 4.0.1)": (bucket_concat, False),
     "java in-process (dev.openfeature.contrib.providers:flagd 0.11.15)": (bucket_concat_percent, False),
     "js OFREP (@openfeature/ofrep-provider 0.1.3)": (bucket_cbor, True),
+    "java OFREP (dev.openfeature.contrib.providers:ofrep 0.0.2)": (bucket_cbor, True),
     "browser OFREP (@openfeature/ofrep-web-provider 0.4.3, @openfeature/web-sdk 1.10.0)": (bucket_cbor, True),
 }
 
@@ -132,7 +133,7 @@ def assert_agreement_table(answered: dict[str, dict[str, str]], truth: dict[str,
         assert agreement(bits, generation_bits(rule)) == dict.fromkeys(ROLLOUTS, 0), f"{client} runs {rule.__name__}"
         table[client] = agreement(bits, truth)
     print("\nclients answering differently from OFREP, per rollout (keys compared: "
-          f"{KEYS} in-process, {REMOTE_KEYS} JS OFREP, {BROWSER_KEYS} browser):")
+          f"{KEYS} in-process, {REMOTE_KEYS} JS and Java OFREP, {BROWSER_KEYS} browser):")
     for client, differ in table.items():
         print(f"  {client}: {differ}")
     assert {c: not any(d.values()) for c, d in table.items()} == {c: a for c, (_, a) in AGREES_WITH_OFREP.items()}
@@ -174,7 +175,7 @@ def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a
     assert_flag_seen_before_and_after(first, changed, cluster)
     answered = {
         "python in-process": python, "js in-process": first["js"]["sync"], "java in-process": first["java"]["sync"],
-        "js OFREP": first["js"]["ofrep"], "browser OFREP": first["browser"]["ofrep"],
+        "js OFREP": first["js"]["ofrep"], "java OFREP": first["java"]["ofrep"], "browser OFREP": first["browser"]["ofrep"],
     }
     assert_agreement_table(answered, truth)
     print("chromium:", chromium_version())
@@ -194,7 +195,7 @@ def test_connected_clients_of_each_runtime_follow_a_server_replaced_under_them_w
     cluster.flag(WATCH, enabled=False, rollout=100)
     job = {"host": "127.0.0.1", "syncPort": old.sync_port, "ofrepUrl": old.ofrep_url(cluster.ns),
            "namespace": cluster.ns, "rollouts": [], "keys": 0, "ofrepKeys": 0, "watch": WATCH}
-    runtimes = {"js": js_client(job, tmp_path / "js.log"), "java": java_client(job, tmp_path / "java.log")}
+    runtimes = {"js": js_client(job, tmp_path / "js.log"), "java": java_client(job, tmp_path / "java.log")}  # sync and OFREP
     api.set_provider_and_wait(FlagdProvider(resolver_type=ResolverType.IN_PROCESS, host="127.0.0.1",
                                             port=old.sync_port, selector=cluster.ns), domain="python-sync")
     python = api.get_client("python-sync")
