@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving clean
+.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +30,10 @@ venv: $(STAMP) ## Create .venv with the pinned dependencies
 binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(CONTROLPLANE)/build.sh
 
-test: venv binaries ## Run the Argo CD Lua cases, then unit and integration tests (in parallel) against the real local control plane
+clients: venv ## Install the JS, Java and browser SDK clients the tests run (npm ci, mvn, Debian's chromium); cached
+	@$(PY) tests/clients/install.py
+
+test: venv binaries clients ## Run the Argo CD Lua cases, then unit and integration tests (in parallel) against the real local control plane
 	@$(MAKE) --no-print-directory argocd-lua
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --durations=10
 
@@ -83,10 +86,11 @@ run: venv ## Run the scheduler and the flag server against the cluster in $$KUBE
 	trap 'kill $$server 2> /dev/null; wait $$server' EXIT; \
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation, serving and cron phases
+bench: venv binaries clients ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation (Python, JS, Java), serving and cron phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
 	$(PY) bench/serving.py $(if $(QUICK),--quick,)
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)
 
@@ -96,8 +100,9 @@ bench-serving: venv binaries ## Only the flag server: stream memory, OFREP rate,
 bench-scale: venv binaries ## Only the scale phase: long history and one long queue (QUICK=1: a tenth)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 
-bench-propagation: venv binaries ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP
+bench-propagation: venv binaries clients ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP; 100 JS and 100 Java providers
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
+	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
 
 bench-cron: venv binaries ## Only recurring windows: 1,000 FlagCronSchedules whose edges fall at the same minute
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)

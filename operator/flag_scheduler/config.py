@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Annotated, Literal
 
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from flag_scheduler import failpoints
 from flag_scheduler.models import RetryPolicy
 from flag_scheduler.timing import RetryLimits
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 
 class Settings(BaseSettings):
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     http_keepalive_timeout_seconds: float = Field(
         15, gt=0, le=3600,
         description="An OFREP or health/metrics connection that has not sent a whole request for this long is closed.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins whose pages may call OFREP (CORS), a JSON list; empty = none."
     )
     max_concurrency: int = Field(64, ge=1, le=10000, description="Flags changed in parallel.")
     lease_name: str = Field("flag-scheduler", description="Name of the leader-election Lease.")
@@ -111,6 +117,25 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else []
         except ValueError:
             raise ValueError(f'must be a JSON list such as ["team-a", "team-b"], got {value!r}') from None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError(f'must be a JSON list such as ["https://app.example.com"], got {value!r}') from None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_only(cls, value: list[str]) -> list[str]:
+        # Browsers send an origin as scheme://host[:port], nothing more: anything else never matches.
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin[:100]!r} is not an origin: write scheme://host[:port], no path or '/' at the end")
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

@@ -10,7 +10,7 @@ from kubernetes import client as k8s
 
 from conftest import REPO, Kubectl
 from controlplane import ControlPlane
-from operator_harness import Cluster, OperatorProcess, wait_for
+from operator_harness import Cluster, FlagServerProcess, OperatorProcess, wait_for
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
@@ -108,8 +108,10 @@ def start_operator(
     """Start operators for this test's namespace (env overrides as keyword arguments); stopped at the end."""
     started: list[OperatorProcess] = []
 
-    def start(kubeconfig: Path | None = None, log_name: str = "operator.log", **env: str) -> OperatorProcess:
-        op = OperatorProcess(kubeconfig or control_plane.kubeconfig(), [namespace], tmp_path / log_name, **env)
+    def start(kubeconfig: Path | None = None, log_name: str = "operator.log", flag_server: bool = False,
+              **env: str) -> OperatorProcess:
+        kind = FlagServerProcess if flag_server else OperatorProcess  # `flag-scheduler serve` or the scheduler
+        op = kind(kubeconfig or control_plane.kubeconfig(), [namespace], tmp_path / log_name, **env)
         started.append(op)  # before start: stopped at teardown even if it never logs operator.started
         return op.start()
 

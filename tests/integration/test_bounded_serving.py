@@ -145,7 +145,8 @@ def test_ofrep_refuses_a_body_over_the_limit_with_413(cluster: Cluster, flag_ser
     server = flag_server(ofrep_max_body_bytes="2048")
     answer = requests.post(server.ofrep(cluster.ns), json={"context": {"x": "y" * 3000}}, timeout=10)
     assert answer.status_code == 413
-    assert answer.json() == {"errorCode": "GENERAL", "errorDetails": "body: larger than 2048 bytes"}
+    assert answer.json() == {"errorCode": "GENERAL", "errorDetails": "body: larger than 2048 bytes",
+                             "metadata": {"flagSetId": cluster.ns}}  # every OFREP body carries metadata
 
 
 def test_ofrep_answers_408_to_a_body_not_sent_in_time(cluster: Cluster, flag_server: Callable[..., FlagServer]) -> None:

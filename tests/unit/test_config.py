@@ -55,6 +55,12 @@ def test_namespaces_are_a_json_list(clean_env: pytest.MonkeyPatch) -> None:
     assert settings_with(clean_env, NAMESPACES='["a", "b"]').namespaces == ["a", "b"]
 
 
+def test_cors_origins_are_a_json_list_of_origins_and_none_by_default(clean_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().cors_origins == []
+    origins = '["https://app.example.com", "http://127.0.0.1:8080"]'
+    assert settings_with(clean_env, CORS_ORIGINS=origins).cors_origins == ["https://app.example.com", "http://127.0.0.1:8080"]
+
+
 @pytest.mark.parametrize(
     ("backoff", "max_backoff", "ok"),
     [("30", "30", True), ("30", "3600", True), ("30", "29", False), ("1", "0.5", False)],
@@ -103,6 +109,8 @@ def test_election_timings_keep_client_gos_relations(
         ("LEASE_DURATION_SECONDS", "1"), ("LEASE_DURATION_SECONDS", "2.5"),
         ("RETRY_PERIOD_SECONDS", "0.5"), ("RENEW_DEADLINE_SECONDS", "0"),
         ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "verbose"), ("NAMESPACES", "default"), ("FINISHED_TTL_SECONDS", "-1"),
+        ("CORS_ORIGINS", "https://app.example.com"), ("CORS_ORIGINS", '["https://app.example.com/"]'),
+        ("CORS_ORIGINS", '["*"]'), ("CORS_ORIGINS", '["app.example.com"]'),
     ],
 )
 def test_a_bad_value_stops_with_a_line_naming_the_variable(clean_env: pytest.MonkeyPatch, var: str, value: str) -> None:

@@ -18,6 +18,7 @@ from openfeature.flag_evaluation import Reason
 from flag_scheduler.serving.flag_definitions import (
     flag_configuration,
     flag_definition,
+    with_change_metadata,
     namespace_problem,
     render,
     selected_namespace,
@@ -139,3 +140,19 @@ def test_only_namespace_names_select_a_flag_set(namespace: str, ok: bool) -> Non
 def test_a_selector_names_a_namespace_bare_or_as_flag_set_id(selector: str, namespace: str, ok: bool) -> None:
     got, problem = selected_namespace(selector)
     assert got == namespace and (problem is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("annotations", "metadata"),
+    [
+        (None, None),
+        ({"team": "x"}, None),
+        ({"flagscheduler.dev/last-applied-schedule": "s1"}, {"lastAppliedSchedule": "s1"}),
+        # Values the operator would never write are left out rather than served half-checked.
+        ({"flagscheduler.dev/last-applied-schedule": "x" * 254, "flagscheduler.dev/last-applied-at": ""}, None),
+        ({"flagscheduler.dev/last-applied-at": "2027-01-01T00:00:00Z"}, {"lastAppliedAt": "2027-01-01T00:00:00Z"}),
+    ],
+)
+def test_change_metadata_comes_from_the_marker_annotations_only(annotations, metadata) -> None:
+    definition = with_change_metadata(flag_definition({"enabled": True}), annotations)
+    assert definition.get("metadata") == metadata

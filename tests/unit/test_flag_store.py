@@ -34,10 +34,25 @@ def test_a_change_that_serves_nothing_new_wakes_nobody() -> None:
     store = FlagStore()
     store.put(flag("a"))
     before = store.snapshot("team-a")
-    changed = flag("a", annotations={"flagscheduler.dev/last-applied-schedule": "s"})
+    changed = flag("a", annotations={"flagscheduler.dev/fencing-token": "7", "team": "x"})
     changed["spec"]["description"] = "new words"
     store.observe("MODIFIED", changed)
     assert not before.replaced.is_set() and store.snapshot("team-a") is before
+
+
+def test_the_schedule_that_changed_a_flag_is_served_as_its_metadata() -> None:
+    store = FlagStore()
+    store.put(flag("a", annotations={
+        "flagscheduler.dev/last-applied-schedule": "go-live",
+        "flagscheduler.dev/last-applied-at": "2027-03-01T09:00:00.012345Z",
+    }))
+    assert flags_of(store)["a"]["metadata"] == {
+        "lastAppliedSchedule": "go-live", "lastAppliedAt": "2027-03-01T09:00:00.012345Z"
+    }
+    details = store.snapshot("team-a").evaluator().resolve_boolean_value("a", False, None)
+    assert details.flag_metadata == {
+        "flagSetId": "team-a", "lastAppliedSchedule": "go-live", "lastAppliedAt": "2027-03-01T09:00:00.012345Z"
+    }
 
 
 def test_a_late_delete_of_an_older_object_of_the_same_name_is_ignored() -> None:

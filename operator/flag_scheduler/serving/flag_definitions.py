@@ -19,8 +19,10 @@ decides where it returns null: ``{"if": [{"!==": [rule, null]}, rule, split]}``.
 schema and the size bounds the API server cannot apply, because a flag may predate the CRD's rules.
 
 A namespace's flags form one flag set (flagd's configuration document) keyed by the flags' names,
-with the namespace as its ``flagSetId`` metadata. Only the name and the fields above are served:
-descriptions, labels and annotations are not.
+with the namespace as its ``flagSetId`` metadata. Each flag changed by a schedule also carries flagd
+flag ``metadata``: ``lastAppliedSchedule`` and ``lastAppliedAt`` (from the operator's marker
+annotations), which SDKs return as the evaluation's flag metadata. Nothing else is served:
+descriptions, labels and other annotations are not.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from flag_scheduler.variants import MAX_VARIANTS, MAX_WEIGHT
 SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 VARIANTS = {"on": True, "off": False}
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+# Flag metadata served from the operator's marker annotations (only the operator may write them).
+CHANGE_METADATA = {
+    "lastAppliedSchedule": ("flagscheduler.dev/last-applied-schedule", 253),
+    "lastAppliedAt": ("flagscheduler.dev/last-applied-at", 64),
+}
 
 
 def flag_definition(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,6 +157,16 @@ def _check_loads(definition: dict[str, Any]) -> None:
         FlagdCore().set_flags({"flags": {"flag": json.loads(json.dumps(definition))}})
     except (OpenFeatureError, ValueError, TypeError) as err:
         raise ValueError(f"spec: flagd cannot load this flag ({err})") from None
+
+
+def with_change_metadata(definition: dict[str, Any], annotations: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``definition`` plus flag ``metadata`` naming the schedule that changed the flag last, and when."""
+    metadata = {}
+    for name, (annotation, limit) in CHANGE_METADATA.items():
+        value = (annotations or {}).get(annotation)
+        if isinstance(value, str) and 0 < len(value) <= limit:
+            metadata[name] = value
+    return {**definition, "metadata": metadata} if metadata else definition
 
 
 def flag_configuration(namespace: str, definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The flags served to OpenFeature SDKs: one flag set per namespace, fed by the FeatureFlag watch.
 
 Kept apart from the scheduler's book on purpose: it holds only what is served (each flag's flagd
-definition), and it changes only when a served definition changes, so a status write, an annotation
-or a new description pushes nothing.
+definition, with the last schedule's name and time as flag metadata), and it changes only when a
+served definition changes, so a status write, another annotation or a new description pushes nothing.
 
 Readers take a ``Snapshot`` of a namespace: the rendered configuration, its ETag, an evaluator
 built on first use, and an event set once a newer snapshot exists. A sync stream sends a snapshot
@@ -28,7 +28,7 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagResolutionDetails
 
-from flag_scheduler.serving.flag_definitions import flag_configuration, flag_definition, render
+from flag_scheduler.serving.flag_definitions import flag_configuration, flag_definition, render, with_change_metadata
 from flag_scheduler.logs import get_logger
 
 log = get_logger()
@@ -113,7 +113,7 @@ class FlagStore:
         namespace, name = meta["namespace"], meta["name"]
         old = self._flags.get(namespace, {}).get(name)
         try:
-            definition = flag_definition(body.get("spec") or {})
+            definition = with_change_metadata(flag_definition(body.get("spec") or {}), meta.get("annotations"))
         except ValueError as err:
             kept = old is not None and (not old.uid or old.uid == meta.get("uid"))
             log.warning("flags.invalid", namespace=namespace, flag=name, error=str(err),

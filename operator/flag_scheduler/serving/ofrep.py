@@ -14,8 +14,16 @@ half-sent connection is closed). Every malformed request is a 400 with OFREP's e
 the parser raised (65,000 ``[`` are a ``RecursionError`` in ``json``), and no error repeats more
 than ``ECHOED_CHARS`` of what the client sent.
 
-Evaluation is flagd's own evaluator (``openfeature-flagd-core``, the one in-process providers run)
-on the same flag set the sync stream sends, so both protocols answer alike.
+Evaluation is flagd's own evaluator (``openfeature-flagd-core``, the one the Python in-process
+provider runs) on the same flag set the sync stream sends. Which other SDKs bucket rollouts alike is
+measured, not assumed: see the README's agreement table and ``tests/integration/test_sdk_clients.py``.
+
+Every body, success or error, carries ``metadata`` (at least the flag set's ``flagSetId``): OFREP
+providers copy it into the evaluation details, and may read it from error bodies too.
+``reason`` stays within OFREP's enum: flagd's ``DEFAULT`` (a rule ran and matched nothing: a
+rollout evaluated without a targeting key) is answered as ``UNKNOWN``, not ``STATIC``, because a
+client may keep a ``STATIC`` answer for every context, and this one depends on the context.
+Browsers reach it from the origins in ``FLAG_SCHEDULER_CORS_ORIGINS`` (``serving/cors.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from openfeature.exception import ErrorCode, OpenFeatureError
 
 from flag_scheduler.config import Settings
 from flag_scheduler.http_server import Listener, listen
+from flag_scheduler.serving.cors import cors_middleware
 from flag_scheduler.serving.flag_definitions import namespace_problem
 from flag_scheduler.serving.flag_store import FlagStore, Snapshot
 from flag_scheduler.logs import get_logger
@@ -40,6 +49,7 @@ from flag_scheduler.metrics import OFREP_REQUESTS
 log = get_logger()
 
 ECHOED_CHARS = 128
+OFREP_REASONS = frozenset({"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN"})
 STORE: web.AppKey[FlagStore] = web.AppKey("store", FlagStore)
 READ_TIMEOUT: web.AppKey[float] = web.AppKey("read_timeout", float)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
@@ -65,7 +75,7 @@ async def evaluate_one(request: web.Request) -> web.Response:
         snap, context = await _read(request)
         result = _evaluate(snap, key, context)
     except BadRequest as err:
-        return _reply(err.status, {"key": echo(key), "errorCode": err.code.value, "errorDetails": err.details})
+        return _reply(err.status, failure_body(err.code, err.details, _set_metadata(request), echo(key)))
     if result.get("errorCode") == ErrorCode.FLAG_NOT_FOUND.value:
         return _reply(404, result)
     return _reply(400 if "errorCode" in result else 200, result)
@@ -77,13 +87,13 @@ async def evaluate_all(request: web.Request) -> web.Response:
         snap, context = await _read(request)
         etag = '"' + hashlib.sha256(f"{snap.etag}|{_canonical(context)}".encode()).hexdigest()[:24] + '"'
     except BadRequest as err:
-        return _reply(err.status, {"errorCode": err.code.value, "errorDetails": err.details})
+        return _reply(err.status, failure_body(err.code, err.details, _set_metadata(request)))
     tags = _tags(request.headers.get("If-None-Match", ""))
     if etag in tags or "*" in tags:
         OFREP_REQUESTS.labels("304").inc()
         return web.Response(status=304, headers={"ETag": etag})
     flags = [_evaluate(snap, key, context) for key in snap.keys]
-    return _reply(200, {"flags": flags, "metadata": {"flagSetId": snap.namespace}}, etag)
+    return _reply(200, {"flags": flags, "metadata": _set_metadata(request)}, etag)
 
 
 async def _read(request: web.Request) -> tuple[Snapshot, EvaluationContext]:
@@ -136,16 +146,32 @@ def _parse(data: bytes) -> Any:
 
 def _evaluate(snap: Snapshot, key: str, context: EvaluationContext) -> dict[str, Any]:
     """One flag as OFREP's evaluation success or failure object."""
+    set_metadata = {"flagSetId": snap.namespace}
     try:
         details = snap.evaluate(key, context)
     except OpenFeatureError as err:
-        return {"key": echo(key), "errorCode": err.error_code.value, "errorDetails": echo(err.error_message or str(err))}
+        return failure_body(err.error_code, echo(err.error_message or str(err)), set_metadata, echo(key))
     except (RecursionError, TypeError, ValueError) as err:  # a context the evaluator cannot walk
-        return {"key": echo(key), "errorCode": ErrorCode.INVALID_CONTEXT.value, "errorDetails": echo(str(err))}
-    out: dict[str, Any] = {"key": key, "value": details.value, "reason": str(details.reason.value)}
-    out["variant"] = details.variant
-    out["metadata"] = dict(details.flag_metadata or {})
-    return out
+        return failure_body(ErrorCode.INVALID_CONTEXT, echo(str(err)), set_metadata, echo(key))
+    reason = str(details.reason.value)
+    return {
+        "key": key, "value": details.value, "variant": details.variant,
+        "reason": reason if reason in OFREP_REASONS else "UNKNOWN",
+        "metadata": {**set_metadata, **(details.flag_metadata or {})},
+    }
+
+
+def failure_body(code: ErrorCode, details: str, metadata: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """OFREP's failure object (one flag's, with ``key``; the bulk request's, without)."""
+    body: dict[str, Any] = {"key": key} if key is not None else {}
+    body.update(errorCode=code.value, errorDetails=details, metadata=metadata)
+    return body
+
+
+def _set_metadata(request: web.Request) -> dict[str, Any]:
+    """The flag set's metadata, from the path (only a valid namespace is named back)."""
+    namespace = request.match_info["namespace"]
+    return {} if namespace_problem(namespace) else {"flagSetId": namespace}
 
 
 def _reply(status: int, body: dict[str, Any], etag: str | None = None) -> web.Response:
@@ -165,8 +191,9 @@ def _tags(header: str) -> set[str]:
 
 
 def ofrep_app(store: FlagStore, settings: Settings) -> web.Application:
-    """The OFREP routes on ``store``."""
-    app = web.Application(client_max_size=settings.ofrep_max_body_bytes)
+    """The OFREP routes on ``store``, answering browsers from ``FLAG_SCHEDULER_CORS_ORIGINS``."""
+    app = web.Application(client_max_size=settings.ofrep_max_body_bytes,
+                          middlewares=[cors_middleware(frozenset(settings.cors_origins))])
     app[STORE] = store
     app[READ_TIMEOUT] = settings.ofrep_read_timeout_seconds
     app[MAX_BODY] = settings.ofrep_max_body_bytes
@@ -178,7 +205,7 @@ def ofrep_app(store: FlagStore, settings: Settings) -> web.Application:
 async def start_ofrep_server(store: FlagStore, settings: Settings) -> Listener:
     """Serve OFREP on the OFREP port; SystemExit naming the setting if the port is taken."""
     # flagd's core logs an error for each fractional evaluation without a targeting key; OFREP
-    # already answers those with reason DEFAULT, so the log would only repeat it per request.
+    # already answers those (reason UNKNOWN, flagd's DEFAULT), so the log would only repeat it.
     logging.getLogger("openfeature.contrib").setLevel(logging.CRITICAL)
     address, port = settings.serve_address, settings.ofrep_port
     listener = await listen(

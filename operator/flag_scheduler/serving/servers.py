@@ -1,9 +1,9 @@
 """The flag server's two listeners: flagd sync (gRPC) and OFREP (HTTP), on one store.
 
 Every flag-server replica serves the same: the store is fed by each replica's own watch, and
-serving is read-only. On shutdown the store wakes every sync stream, which ends with status OK
-(providers reconnect, through the Service, to another replica), then the servers stop, giving
-calls in flight a moment to finish.
+serving is read-only. On shutdown the store wakes every sync stream, which ends with status
+``UNAVAILABLE`` (providers retry it, through the Service, on another replica), then the servers stop
+(gRPC sends GOAWAY), giving calls in flight a moment to finish.
 """
 
 from __future__ import annotations

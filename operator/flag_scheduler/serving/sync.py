@@ -1,8 +1,9 @@
 """flagd's sync protocol (``flagd.sync.v1.FlagSyncService``, gRPC) for in-process providers and flagd.
 
 ``SyncFlags`` streams the selected namespace's whole flag set at once and again after every change
-of a served definition; ``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream,
-still called by the providers) answers an empty object. The selector names the namespace (bare, or
+of a served definition, until the server shuts down and ends it with ``UNAVAILABLE`` (retryable);
+``FetchAllFlags`` answers it once; ``GetMetadata`` (deprecated upstream, still called by the
+providers) answers an empty object. The selector names the namespace (bare, or
 ``flagSetId=<namespace>``): the ``flagd-selector`` header, else the request's ``selector`` field
 (providers send both).
 
@@ -38,6 +39,7 @@ log = get_logger()
 
 SELECTOR_HEADER = "flagd-selector"
 SERVICE = "flagd.sync.v1.FlagSyncService"
+SHUTTING_DOWN = "flag server shutting down: reconnect (through the Service, to another replica)"
 MAX_REQUEST_BYTES = 16 * 1024  # a request carries a selector and a provider id: a few bytes
 LOGGED_CHARS = 128  # of a client-chosen string (provider id, peer) in a log line
 
@@ -86,6 +88,9 @@ class FlagSync(sync_pb2_grpc.FlagSyncServiceServicer):
                     sent = snap.etag
                     SYNC_PUSHES.inc()
                 await snap.replaced.wait()
+            # A server going away ends streams UNAVAILABLE, not OK: the JS provider takes an OK end
+            # as the end of the story and never reconnects, while every provider retries UNAVAILABLE.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         finally:
             SYNC_STREAMS.dec()
             log.debug("sync.stream_closed", namespace=namespace, peer=context.peer()[:LOGGED_CHARS])
