@@ -246,3 +246,33 @@ class Kube:
             "action": reason,
         }
         await self.core.create_namespaced_event(ref.namespace, event, _request_timeout=self.timeout)
+
+    # -- FlagRollouts: the rollout controller writes its own status and creates and cancels its schedules --
+
+    async def patch_status(self, plural: str, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
+        """Write the status of an object of ``plural``, on the condition that it is unchanged since read."""
+        body = {**_preconditions(ref), "status": status}
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )
+
+    async def set_owners(self, plural: str, ref: ObjectRef, owners: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace an object's ownerReferences (preconditioned like every write)."""
+        body = _preconditions(ref)
+        body["metadata"]["ownerReferences"] = owners
+        return await self._patch(plural, ref, body)
+
+    async def create_schedule(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a FlagSchedule (a controller's child); 409 AlreadyExists is the caller's to read."""
+        return await self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, SCHEDULES, body, field_manager=FIELD_MANAGER, _request_timeout=self.timeout
+        )
+
+    async def cancel_schedule(self, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        """Set ``spec.cancelled`` on a schedule, only if it is still the object with ``uid``."""
+        body = {"metadata": {"uid": uid}, "spec": {"cancelled": True}}
+        return await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, SCHEDULES, name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )

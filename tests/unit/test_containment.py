@@ -58,8 +58,13 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
     async for _ in kube.list_pages("flagschedules", []):
         pass
+    await kube.patch_status("flagrollouts", ref, {})
+    await kube.set_owners("flagrollouts", ref, [])
+    await kube.create_schedule("ns", schedule_body)
+    await kube.cancel_schedule("ns", "s", "u")
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status", "set_owner",
-                                     "delete_schedule", "post_event", "list_pages"]), "a new request: test it here"
+                                     "delete_schedule", "post_event", "list_pages", "patch_status", "set_owners",
+                                     "create_schedule", "cancel_schedule"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls
     assert len(calls) == len(public)
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls

@@ -12,6 +12,7 @@ import kopf
 
 from flag_scheduler.kube import PAGE_SIZE
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
+from flag_scheduler.rollout.models import ROLLOUTS
 from flag_scheduler.scheduling.runtime import Runtime
 
 
@@ -58,3 +59,8 @@ async def schedule_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> No
 @kopf.on.event(GROUP, VERSION, FLAGS)
 async def flag_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.observe_flag(event.get("type"), event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, ROLLOUTS)
+async def rollout_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.observe_rollout(event.get("type"), event["object"])

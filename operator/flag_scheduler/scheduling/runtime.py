@@ -20,6 +20,8 @@ from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.serving.servers import Serving
+from flag_scheduler.rollout.controller import RolloutController
+from flag_scheduler.rollout.models import ROLLOUTS
 
 log = get_logger()
 
@@ -43,6 +45,9 @@ class Runtime:
         self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
+        # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
+        self.rollouts = RolloutController(kube, utcnow, self.book.flag, self.leadership.fresh)
+        self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
 
@@ -66,6 +71,10 @@ class Runtime:
         async for page in kube.list_pages(SCHEDULES, settings.namespaces):
             for body in page:
                 runtime.book.observe_schedule(None, body)
+                runtime.rollouts.observe_schedule(None, body)
+        async for page in kube.list_pages(ROLLOUTS, settings.namespaces):
+            for body in page:
+                runtime.rollouts.observe_rollout(None, body)
         try:
             runtime.serving = await Serving.start(settings, runtime.flag_store)
         except BaseException:
@@ -73,6 +82,7 @@ class Runtime:
             await runtime.lease_api.close()
             raise
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
+        runtime._rollouts_task = asyncio.create_task(runtime.rollouts.run(), name="rollouts")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
                  finished_schedules=runtime.book.finished_count())
@@ -82,16 +92,20 @@ class Runtime:
         """Became leader: plan every flag from the (warm) book and start applying."""
         self.dispatcher.leading.set()
         self.dispatcher.replan_all()
+        self.rollouts.lead()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
         self.dispatcher.leading.clear()
+        self.rollouts.follow()
         await self.dispatcher.stop()
+        await self.rollouts.close()
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a schedule: update the book and re-plan the flags it touched."""
         for flag in self.book.observe_schedule(event_type, body):
             self.dispatcher.plan(flag)
+        self.rollouts.observe_schedule(event_type, body)
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a flag: update the book and re-plan its schedules."""
@@ -99,17 +113,24 @@ class Runtime:
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
+        meta = body.get("metadata") or {}
+        self.rollouts.observe_flag((meta.get("namespace", ""), meta.get("name", "")))
+
+    def observe_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event for a FlagRollout: its controller looks at it again."""
+        self.rollouts.observe_rollout(event_type, body)
 
     async def close(self) -> None:
         """Stop serving flags, stop applying, hand the Lease over, close the client."""
         if self.serving is not None:
             await self.serving.close()
-        for task in (self._election, self._task):
+        for task in (self._election, self._task, self._rollouts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.dispatcher.stop()
+        await self.rollouts.close()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
         await self.kube.close()
