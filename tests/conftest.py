@@ -16,7 +16,9 @@ from kubernetes import config as k8s_config
 from controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
-CRD_NAMES = ("crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev")
+CRD_NAMES = (
+    "crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev", "crd/flagrollouts.flagscheduler.dev"
+)
 
 
 class Kubectl:
@@ -87,7 +89,7 @@ def install(kubectl: Kubectl, kustomization: Path) -> None:
     kubectl("wait", "--for=condition=Established", *CRD_NAMES, "--timeout=60s")
     # Established comes a moment before discovery and the storage serve the new kinds.
     deadline = time.monotonic() + 60
-    while kubectl("get", "featureflags,flagschedules", "-A", check=False).returncode != 0:
+    while kubectl("get", "featureflags,flagschedules,flagrollouts", "-A", check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise AssertionError("the CRDs were Established but their resources were not served within 60 s")
         time.sleep(0.2)
