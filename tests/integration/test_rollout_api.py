@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Kubectl
+from conftest import REPO, Kubectl
 from operator_harness import wait_for
 
 API_VERSION = "flagscheduler.dev/v1alpha1"
 POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-rollouts-need-flag-patch'"
+SAMPLE = REPO / "manifests" / "samples" / "flagscheduler_v1alpha1_flagrollout.yaml"
 STEP = {"name": "all", "updates": {"rolloutPercentage": 100}}
 
 
@@ -134,3 +135,12 @@ def test_a_user_without_patch_on_the_flag_cannot_create_or_steer_a_rollout(
     # Someone else's rollout of a flag alice may not patch: she cannot pause, approve or abort it.
     accepted(create(kubectl, namespace, rollout("ramp-theirs", "theirs")))
     refused(patch(kubectl, namespace, "fro/ramp-theirs", {"spec": {"abort": True}}, user="alice"), POLICY)
+
+
+def test_the_sample_rollout_applies_and_names_its_steps(kubectl: Kubectl, namespace: str, crds: None) -> None:
+    kubectl("apply", "-f", str(SAMPLE), "-n", namespace)
+    spec = kubectl.json("get", "flagrollout", "search-v2", "-n", namespace)["spec"]
+    assert [s["name"] for s in spec["steps"]] == ["canary", "half", "full"]
+    assert [s["hold"] for s in spec["steps"]] == ["2h", "24h", "0"]  # the last hold defaults to 0
+    listed = kubectl("get", "flags", "-n", namespace).stdout  # rollouts are in the flags category
+    assert "flagrollout.flagscheduler.dev/search-v2" in listed and "featureflag.flagscheduler.dev/search-v2" in listed
