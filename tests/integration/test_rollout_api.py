@@ -50,7 +50,8 @@ def accepted(result) -> None:
     pytest.param({"steps": [STEP] * 2}, ['spec.steps[1]: Duplicate value: {"name":"all"}'], id="duplicate-names"),
     pytest.param({"steps": [{**STEP, "name": f"s{i}"} for i in range(21)]}, ["spec.steps: Too many: 21"],
                  id="too-many-steps"),
-    pytest.param({"steps": [{**STEP, "hold": "721h"}]}, ["spec.steps[0].hold", "at most 720h"], id="hold-too-long"),
+    pytest.param({"steps": [{**STEP, "hold": "721h"}]},
+                 ['spec.steps[0].hold: Invalid value: "721h": hold must be at most 720h (30 days)'], id="hold-too-long"),
     pytest.param({"steps": [{**STEP, "hold": "2d"}]}, ["spec.steps[0].hold: Invalid value", "should match"],
                  id="hold-not-a-duration"),
     pytest.param({"steps": [{**STEP, "updates": {}}]}, ["spec.steps[0].updates", "should have at least 1 properties"],
@@ -58,7 +59,8 @@ def accepted(result) -> None:
     pytest.param({"steps": [{**STEP, "updates": {"rolloutPercentage": 101}}]},
                  ["spec.steps[0].updates.rolloutPercentage", "should be less than or equal to 100"], id="percent"),
     pytest.param({"steps": [{**STEP, "name": "Not_A_Label"}]}, ["spec.steps[0].name: Invalid value"], id="step-name"),
-    pytest.param({"approvedSteps": ["nope"]}, ["spec.approvedSteps", "may only name steps of spec.steps"],
+    pytest.param({"approvedSteps": ["nope"]},
+                 ["spec.approvedSteps: Invalid value: spec.approvedSteps may only name steps of spec.steps"],
                  id="approve-unknown-step"),
     pytest.param({"onAbort": "Rollback"}, ['spec.onAbort: Unsupported value: "Rollback"'], id="on-abort"),
     pytest.param({"startAt": "1999-12-31T00:00:00Z"}, ["spec.startAt", "from 2000-01-01"], id="start-at"),
@@ -79,7 +81,8 @@ def test_abort_is_one_way_approvals_only_grow_and_the_flag_is_fixed(
 ) -> None:
     accepted(create(kubectl, namespace, rollout(steps=[{**STEP, "requiresApproval": True}], abort=True,
                                                 approvedSteps=["all"])))
-    refused(patch(kubectl, namespace, "fro/ro", {"spec": {"abort": False}}), "spec.abort cannot be set back to false")
+    refused(patch(kubectl, namespace, "fro/ro", {"spec": {"abort": False}}),
+            "spec.abort: Forbidden: spec.abort cannot be set back to false: an abort is final")
     refused(patch(kubectl, namespace, "fro/ro", {"spec": {"approvedSteps": []}}), "spec.approvedSteps only grows")
     refused(patch(kubectl, namespace, "fro/ro", {"spec": {"flagRef": {"name": "other"}}}), "spec.flagRef cannot change")
 
@@ -95,7 +98,7 @@ def test_the_spec_is_frozen_once_completed_and_the_steps_once_started(
     accepted(patch(kubectl, namespace, "fro/ro", {"spec": {"paused": True}}))  # the controls still work
     accepted(patch(kubectl, namespace, "fro/ro", {"status": {"phase": "Completed"}}, "--subresource=status"))
     refused(patch(kubectl, namespace, "fro/ro", {"spec": {"paused": False}}),
-            "spec cannot change: the rollout is already Completed")
+            "spec: Forbidden: spec cannot change: the rollout is already Completed")
 
 
 # -- creating or changing a rollout needs the right to patch its flag ------------------------
