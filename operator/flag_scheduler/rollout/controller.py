@@ -46,6 +46,7 @@ class RolloutController:
                  is_leader: Callable[[], bool]) -> None:
         self.kube, self.clock, self.flag_of, self.is_leader = kube, clock, flag_of, is_leader
         self.rollouts: dict[Key, dict[str, Any]] = {}
+        self._by_flag: dict[Key, set[Key]] = defaultdict(set)  # (namespace, flag) -> its rollouts
         self.schedules: dict[Key, dict[str, StepSchedule]] = defaultdict(dict)
         self.leading = asyncio.Event()
         self._dirty: dict[Key, None] = {}
@@ -58,13 +59,17 @@ class RolloutController:
 
     def observe_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        held = self.rollouts.get(key)
+        if held is not None:
+            self._by_flag[(key[0], _flag_name(held))].discard(key)
         if event_type == "DELETED":
             self.rollouts.pop(key, None)
             self.schedules.pop(key, None)
             return
-        if _newer(body, self.rollouts.get(key)):
-            self.rollouts[key] = body
+        if _newer(body, held):
+            self.rollouts[key] = held = body
             self.mark(key)
+        self._by_flag[(key[0], _flag_name(held))].add(key)
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -80,9 +85,8 @@ class RolloutController:
 
     def observe_flag(self, key: Key) -> None:
         """A flag changed: its rollouts look again (baseline, drift)."""
-        for rkey, body in self.rollouts.items():
-            if rkey[0] == key[0] and (body.get("spec") or {}).get("flagRef", {}).get("name") == key[1]:
-                self.mark(rkey)
+        for rkey in self._by_flag.get(key, ()):
+            self.mark(rkey)
 
     def mark(self, key: Key) -> None:
         self._dirty[key] = None
@@ -163,17 +167,18 @@ class RolloutController:
             await self._cancel(rollout, name)
         if result.create is not None:
             failpoints.reach("rollout.before-create")
-            await self._create(rollout, result.create)
+            await self._create(rollout, result.create, None if view is None else view.uid)
             failpoints.reach("rollout.after-create")
 
     def _rival(self, r: FlagRollout) -> str | None:
         """Another active rollout of the same flag: started and not final, or not started and created earlier."""
         mine = (r.created_at, r.ref.name)
-        for (ns, name), body in self.rollouts.items():
-            if ns != r.ref.namespace or name == r.ref.name:
+        for ns, name in self._by_flag.get((r.ref.namespace, r.spec.flag_ref.name), ()):
+            body = self.rollouts.get((ns, name))
+            if body is None or name == r.ref.name:
                 continue
             spec, status = body.get("spec") or {}, body.get("status") or {}
-            if spec.get("flagRef", {}).get("name") != r.spec.flag_ref.name or status.get("phase") in FINAL:
+            if status.get("phase") in FINAL:
                 continue
             if status.get("startedAt") or (not spec.get("abort") and (body["metadata"].get("creationTimestamp", ""),
                                                                        name) < mine):
@@ -236,11 +241,11 @@ class RolloutController:
         self.observe_schedule("MODIFIED", body)
         log.info("rollout.step_cancelled", namespace=r.ref.namespace, rollout=r.ref.name, schedule=name)
 
-    async def _create(self, r: FlagRollout, new: NewSchedule) -> None:
+    async def _create(self, r: FlagRollout, new: NewSchedule, flag_uid: str | None) -> None:
         if not self.is_leader():
             return
         try:
-            body = await self.kube.create_schedule(r.ref.namespace, schedule_body(r, new))
+            body = await self.kube.create_schedule(r.ref.namespace, schedule_body(r, new, flag_uid))
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -250,8 +255,16 @@ class RolloutController:
                  step=new.step, scheduled_at=body["spec"]["scheduledAt"])
 
 
-def schedule_body(r: FlagRollout, new: NewSchedule) -> dict[str, Any]:
-    """The FlagSchedule for a step: labelled with the rollout and step, owned (as controller) by the rollout."""
+def schedule_body(r: FlagRollout, new: NewSchedule, flag_uid: str | None) -> dict[str, Any]:
+    """The FlagSchedule for a step: labelled with the rollout and step, owned (as controller) by the rollout.
+
+    Also owned by the flag as the scheduler would make it on first sight, which saves it that write.
+    """
+    owners = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": r.ref.name,
+               "uid": r.ref.uid, "controller": True, "blockOwnerDeletion": False}]
+    if flag_uid:
+        owners.append({"apiVersion": f"{GROUP}/{VERSION}", "kind": "FeatureFlag", "name": r.spec.flag_ref.name,
+                       "uid": flag_uid})
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FlagSchedule",
@@ -259,8 +272,7 @@ def schedule_body(r: FlagRollout, new: NewSchedule) -> dict[str, Any]:
             "name": new.name,
             "namespace": r.ref.namespace,
             "labels": {LABEL_ROLLOUT: r.ref.name, LABEL_STEP: new.step},
-            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": r.ref.name,
-                                 "uid": r.ref.uid, "controller": True, "blockOwnerDeletion": False}],
+            "ownerReferences": owners,
         },
         "spec": {"flagRef": {"name": r.spec.flag_ref.name}, "scheduledAt": rfc3339(new.at), "updates": new.updates},
     }
@@ -272,6 +284,10 @@ def _same(old: FlagRolloutStatus, new: dict[str, Any]) -> bool:
     except pydantic.ValidationError:
         return False
     return parsed.model_dump(mode="json") == old.model_dump(mode="json")
+
+
+def _flag_name(body: dict[str, Any]) -> str:
+    return str(((body.get("spec") or {}).get("flagRef") or {}).get("name", ""))
 
 
 def _newer(body: dict[str, Any], held: dict[str, Any] | None) -> bool:

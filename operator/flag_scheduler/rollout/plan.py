@@ -140,7 +140,8 @@ def _message(st: Any) -> str:
 
 
 def _mirror(entry: StepStatus, schedule: StepSchedule | None) -> StepStatus:
-    if schedule is None:
+    """The entry with its schedule's final phase; a live phase is not copied (it would cost a write per change)."""
+    if schedule is None or not schedule.final:
         return entry
     applied = schedule.applied_at if schedule.phase == "Applied" else None
     return entry.model_copy(update={"phase": schedule.phase, "applied_at": applied or entry.applied_at})
@@ -148,7 +149,7 @@ def _mirror(entry: StepStatus, schedule: StepSchedule | None) -> StepStatus:
 
 def _mirror_restore(restore: RestoreStatus | None, schedules: dict[str, StepSchedule]) -> RestoreStatus | None:
     found = None if restore is None else schedules.get(restore.schedule)
-    return restore if found is None else restore.model_copy(update={"phase": found.phase})
+    return restore if found is None or not found.final else restore.model_copy(update={"phase": found.phase})
 
 
 def _blocked_start(r: FlagRollout, flag: FlagView | None, rival: str | None) -> Verdict | None:
