@@ -275,3 +275,16 @@ def test_bad_durations_are_refused_naming_the_text() -> None:
             assert repr(text) in str(err)
         else:
             raise AssertionError(text)
+
+
+def test_aborting_a_failed_rollout_still_restores_the_baseline() -> None:
+    sim = Sim()
+    sim.step(T0)
+    sim.land("ro.1-canary", T0)
+    sim.step(T0)
+    sim.schedules["ro.2-half"] = sim.schedules["ro.2-half"].model_copy(update={"phase": "Failed"})
+    sim.step(T0)
+    assert sim.status["phase"] == "Failed" and sim.step(T0).create is None  # final until aborted
+    sim.edit(abort=True)
+    out = sim.step(T0 + timedelta(minutes=1))
+    assert out.create.name == "ro.restore" and sim.status["phase"] == "Aborted"

@@ -39,6 +39,10 @@ RETRY_SECONDS = 1.0
 log = get_logger()
 
 
+class NotLeading(Exception):
+    """This replica is not surely the leader right now (its last renewal is too old): write nothing, retry."""
+
+
 class RolloutController:
     """Caches of rollouts and their schedules, a dirty set, and workers that reconcile while leading."""
 
@@ -129,6 +133,9 @@ class RolloutController:
             await self.reconcile(key)
         except asyncio.CancelledError:
             raise
+        except NotLeading:
+            if self.leading.is_set():  # a late renewal, not a lost Lease: look again soon (lead() re-marks all)
+                self._later(key)
         except (ApiException, *TRANSPORT_ERRORS) as err:
             log.warning("rollout.retrying", namespace=key[0], rollout=key[1], error=describe(err))
             self._later(key)
@@ -145,8 +152,9 @@ class RolloutController:
     async def reconcile(self, key: Key) -> None:
         """Bring one rollout's status and schedules in line with its plan (see the module docstring)."""
         body = self.rollouts.get(key)
-        if body is None or not self.is_leader():
+        if body is None:
             return
+        self._leading()
         try:
             rollout = FlagRollout.from_body(body)
         except pydantic.ValidationError as err:
@@ -170,6 +178,10 @@ class RolloutController:
             await self._create(rollout, result.create, None if view is None else view.uid)
             failpoints.reach("rollout.after-create")
 
+    def _leading(self) -> None:
+        if not self.is_leader():
+            raise NotLeading()
+
     def _rival(self, r: FlagRollout) -> str | None:
         """Another active rollout of the same flag: started and not final, or not started and created earlier."""
         mine = (r.created_at, r.ref.name)
@@ -189,6 +201,7 @@ class RolloutController:
         """The rollout owned by its flag (ownerReference), so deleting the flag deletes the rollout."""
         if flag is None or any(o.get("uid") == flag.ref.uid for o in r.owner_references):
             return r
+        self._leading()
         owners = [*(o for o in r.owner_references if o.get("kind") != "FeatureFlag"),
                   {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FeatureFlag", "name": flag.ref.name, "uid": flag.ref.uid}]
         try:
@@ -205,8 +218,7 @@ class RolloutController:
         """Write ``status`` unless it is what the rollout already has; False if the rollout changed meanwhile."""
         if _same(r.status, status):
             return True
-        if not self.is_leader():
-            return False
+        self._leading()
         try:
             body = await self.kube.patch_status(ROLLOUTS, r.ref, status)
         except ApiException as err:
@@ -230,8 +242,9 @@ class RolloutController:
 
     async def _cancel(self, r: FlagRollout, name: str) -> None:
         known = self.schedules.get((r.ref.namespace, r.ref.name), {}).get(name)
-        if known is None or not self.is_leader():
+        if known is None:
             return
+        self._leading()
         try:
             body = await self.kube.cancel_schedule(r.ref.namespace, name, known.uid)
         except ApiException as err:
@@ -242,8 +255,7 @@ class RolloutController:
         log.info("rollout.step_cancelled", namespace=r.ref.namespace, rollout=r.ref.name, schedule=name)
 
     async def _create(self, r: FlagRollout, new: NewSchedule, flag_uid: str | None) -> None:
-        if not self.is_leader():
-            return
+        self._leading()
         try:
             body = await self.kube.create_schedule(r.ref.namespace, schedule_body(r, new, flag_uid))
         except ApiException as err:

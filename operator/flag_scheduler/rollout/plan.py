@@ -30,7 +30,7 @@ from flag_scheduler.rollout.durations import format_duration, parse_duration
 from flag_scheduler.rollout.models import (
     FlagRollout, FlagValues, OnAbort, RestoreStatus, RolloutPhase, StepSchedule, StepStatus,
 )
-from flag_scheduler.rollout.render import Verdict, render_status
+from flag_scheduler.rollout.render import Verdict, final_verdict, render_status
 
 LIVE_BREAKING = frozenset({"Failed", "Missed", "Superseded"})
 
@@ -118,7 +118,7 @@ def plan(
     )
     out = Plan(status={})
     if st.phase is RolloutPhase.COMPLETED or (st.phase is RolloutPhase.FAILED and not r.spec.abort):
-        return _done(r, w, out, Verdict(st.phase, st.waiting_for or "", _reason(st), _message(st)), now)
+        return _done(r, w, out, final_verdict(st), now)
     if w.started_at is None:
         blocked = _blocked_start(r, flag, rival)
         if blocked is not None:
@@ -126,17 +126,6 @@ def plan(
         _start(r, w, flag, now)
     verdict = _decide(r, w, schedules, flag, now, out)
     return _done(r, w, out, verdict, now)
-
-
-def _reason(st: Any) -> str:
-    """The reason of the condition that is True in a final phase (kept as it was written)."""
-    held = next((c for c in st.conditions if c.status == "True" and c.type != "FlagDrifted"), None)
-    return held.reason if held is not None else st.phase.value
-
-
-def _message(st: Any) -> str:
-    held = next((c for c in st.conditions if c.status == "True" and c.type != "FlagDrifted"), None)
-    return held.message if held is not None else ""
 
 
 def _mirror(entry: StepStatus, schedule: StepSchedule | None) -> StepStatus:

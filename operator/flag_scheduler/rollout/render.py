@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from flag_scheduler.models import Condition, rfc3339
-from flag_scheduler.rollout.models import FlagRollout, FlagValues, RestoreStatus, RolloutPhase, StepStatus
+from flag_scheduler.rollout.models import (
+    FlagRollout, FlagRolloutStatus, FlagValues, RestoreStatus, RolloutPhase, StepStatus,
+)
 
 # Each condition type is True exactly in its phase (FlagDrifted: while paused for a drift).
 CONDITION_PHASES = {
@@ -29,6 +31,13 @@ class Verdict:
     reason: str
     message: str = ""
     drifted: bool = False
+
+
+def final_verdict(status: FlagRolloutStatus) -> Verdict:
+    """The verdict a final status was written with (the reason and message of its True condition)."""
+    held = next((c for c in status.conditions if c.status == "True" and c.type != "FlagDrifted"), None)
+    reason, message = (held.reason, held.message) if held is not None else (status.phase.value, "")
+    return Verdict(status.phase, status.waiting_for or "", reason, message)
 
 
 def _condition(old: list[Condition], type_: str, on: bool, reason: str, message: str, gen: int,
