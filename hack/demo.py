@@ -78,7 +78,7 @@ def main() -> None:
         print(f"KUBECONFIG={cp.kubeconfig()}\nKUBECTL={cp.kubectl}")
         kubectl("apply", "-k", str(REPO / "crds"))
         kubectl("wait", "--for=condition=Established", "crd/featureflags.flagscheduler.dev",
-                "crd/flagschedules.flagscheduler.dev", "--timeout=30s")
+                "crd/flagschedules.flagscheduler.dev", "crd/flagrollouts.flagscheduler.dev", "--timeout=30s")
         say("operator starting (console logs below)")
         sync_port = free_port()
         operator = subprocess.Popen(
