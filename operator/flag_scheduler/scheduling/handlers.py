@@ -1,4 +1,4 @@
-"""Kopf registration, and nothing else: watch flags and schedules, hand each event to the runtime.
+"""Kopf registration, and nothing else: watch flags, schedules and rollouts, hand each event to the runtime.
 
 Only ``@kopf.on.event`` is used: it neither writes annotations nor adds finalizers, so deleting a
 flag or schedule never waits for the operator and a schedule costs no Kopf bookkeeping writes.
