@@ -112,9 +112,9 @@ class Cluster:
         write a kubeconfig with the operator's ServiceAccount token (``operator_kubeconfig``)."""
         self.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "default"))
         self.kubectl("wait", "--for=condition=Established", "crd", f"{FLAGS}.{GROUP}", f"{SCHEDULES}.{GROUP}",
-                     "--timeout=60s")
+                     f"flagrollouts.{GROUP}", "--timeout=60s")
         deadline = time.monotonic() + 60
-        while self.kubectl("get", f"{FLAGS},{SCHEDULES}", "-A", check=False).returncode != 0:
+        while self.kubectl("get", f"{FLAGS},{SCHEDULES},flagrollouts", "-A", check=False).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("CRDs Established but not served within 60 s")
             time.sleep(0.2)

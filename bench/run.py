@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -25,12 +26,14 @@ import ceiling  # noqa: E402
 import failover  # noqa: E402
 import pyspy  # noqa: E402
 import report  # noqa: E402
+import rollouts  # noqa: E402
 import seed  # noqa: E402
 import workloads  # noqa: E402
 from audit import AuditLog  # noqa: E402
 from cluster import Cluster, ControlPlane, MachineLoad, OperatorProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROLLOUT_LEAD = 60.0  # creating 1,000 flags and rollouts takes a while: no step is due before all exist
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,13 @@ class Sizes:
     idle_window: float = 60.0
     failover_kills: int = 8
     failover_every: float = 5.0
+    rollout_count: int = 1000
+    rollout_spread: float = 120.0
+    rollout_hold: float = 120.0
 
 
 QUICK = Sizes(late_count=200, late_spread=20.0, late_lead=6.0, burst_big=None, idle_count=1000, idle_flags=100,
-              idle_window=15.0, failover_kills=3)
+              idle_window=15.0, failover_kills=3, rollout_spread=60.0, rollout_hold=60.0)
 
 
 def say(text: str) -> None:
@@ -101,11 +107,31 @@ async def phases(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -
                     workloads.idle(env, sizes.idle_count, sizes.idle_flags, sizes.idle_window))
         await phase("failover", f"3 replicas, the leader killed {sizes.failover_kills} times",
                     failover.failover(env, sizes.failover_kills, sizes.failover_every))
+        await rollouts_phase(phase, env, sizes)
     finally:
         env.operator.stop()
         load.stop()
         await cluster.close()
     return out, curves
+
+
+async def rollouts_phase(phase: Any, env: workloads.Env, sizes: Sizes) -> None:
+    await phase("rollouts", f"{sizes.rollout_count} FlagRollouts of 3 steps over {sizes.rollout_spread:.0f} s",
+                rollouts.rollouts(env, sizes.rollout_count, sizes.rollout_spread, ROLLOUT_LEAD, sizes.rollout_hold))
+
+
+async def only_rollouts(cp: ControlPlane, sizes: Sizes, log_dir: Path) -> dict[str, Any]:
+    """The rollouts phase alone (``--only rollouts``)."""
+    cluster = Cluster(cp)
+    await asyncio.to_thread(cluster.install)
+    await cluster.connect()
+    env = workloads.Env(cluster, AuditLog(cp.audit_log), OperatorProcess(cluster, log_dir / "operator.log"), log_dir)
+    try:
+        return await rollouts.rollouts(env, sizes.rollout_count, sizes.rollout_spread, ROLLOUT_LEAD,
+                                       sizes.rollout_hold)
+    finally:
+        env.operator.stop()
+        await cluster.close()
 
 
 def headline(out: dict[str, Any], sizes: Sizes, quick: bool) -> dict[str, Any]:
@@ -134,6 +160,7 @@ def headline(out: dict[str, Any], sizes: Sizes, quick: bool) -> dict[str, Any]:
         "idle_watch_reopen_every_s": out["idle"]["watch_reopen_every_s"],
         "failover_median_s": out["failover"]["failover_median_s"], "failover_max_s": out["failover"]["failover_max_s"],
         "failover_doubled": out["failover"]["doubled"], "failover_lost": out["failover"]["lost"],
+        "rollout_step_lateness_p99_s": out.get("rollouts", {}).get("step_lateness_s", {}).get("p99"),
     }
 
 
@@ -141,7 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller N, no 10k burst: under three minutes")
     parser.add_argument("--profile", action="store_true", help="record the operator with py-spy during bursts")
-    parser.add_argument("--only", choices=["propagation"], help="run one section alone (its own control plane)")
+    parser.add_argument("--only", choices=["propagation", "rollouts"],
+                        help="run one section alone (its own control plane)")
     args = parser.parse_args()
     if args.only == "propagation":
         import propagation
@@ -149,6 +177,13 @@ def main() -> None:
         propagation.run(args.quick)
         return
     sizes = QUICK if args.quick else Sizes()
+    if args.only == "rollouts":
+        (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+        with ControlPlane(fsync=True) as cp:
+            result = asyncio.run(only_rollouts(cp, sizes, RESULTS / "logs"))
+        print(json.dumps({"quick": args.quick, "rollout_step_lateness_p99_s": result["step_lateness_s"]["p99"],
+                          "rollouts": result}, indent=2))
+        return
     if args.profile and pyspy.py_spy() is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     started, t0 = datetime.now(UTC), time.monotonic()

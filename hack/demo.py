@@ -81,7 +81,7 @@ def main() -> None:
         kubectl("apply", "-k", str(REPO / "crds"))
         kubectl("apply", "-k", str(REPO / "manifests" / "policy"))  # the operator applies nothing without them
         kubectl("wait", "--for=condition=Established", "crd/featureflags.flagscheduler.dev",
-                "crd/flagschedules.flagscheduler.dev", "--timeout=30s")
+                "crd/flagschedules.flagscheduler.dev", "crd/flagrollouts.flagscheduler.dev", "--timeout=30s")
         say("scheduler and flag server starting (console logs below)")
         sync_port = free_port()
         settings = {**env, "FLAG_SCHEDULER_LOG_FORMAT": "console", "FLAG_SCHEDULER_HEALTH_PORT": "0",

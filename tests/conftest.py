@@ -35,6 +35,7 @@ settings.register_profile("flag-scheduler", deadline=None)
 settings.load_profile("flag-scheduler")
 CRD_NAMES = (
     "crd/featureflags.flagscheduler.dev", "crd/flagschedules.flagscheduler.dev", "crd/flagcronschedules.flagscheduler.dev",
+    "crd/flagrollouts.flagscheduler.dev",
 )
 
 
@@ -124,7 +125,7 @@ def install(kubectl: Kubectl, kustomization: Path) -> None:
     kubectl("wait", "--for=condition=Established", *CRD_NAMES, "--timeout=60s")
     # Established comes a moment before discovery and the storage serve the new kinds.
     deadline = time.monotonic() + 60
-    while kubectl("get", "featureflags,flagschedules,flagcronschedules", "-A", check=False).returncode != 0:
+    while kubectl("get", "featureflags,flagschedules,flagcronschedules,flagrollouts", "-A", check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise AssertionError("the CRDs were Established but their resources were not served within 60 s")
         time.sleep(0.2)

@@ -19,6 +19,8 @@ POINTS = frozenset({
     "apply.start",  # a due schedule is about to be worked on (before the claim and the checks)
     "apply.before-flag-patch",  # every check passed, the flag PATCH is next
     "apply.after-flag-patch",  # the change landed on the flag, no status written yet
+    "rollout.before-create",  # a rollout's status names the next step's schedule, not yet created
+    "rollout.after-create",  # the step's schedule was created, nothing after it done yet
 })
 _armed: set[str] = set()
 

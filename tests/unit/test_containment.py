@@ -68,12 +68,14 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.create("flagschedules", "ns", {})
     await kube.patch_status("flagcronschedules", ref, {})
     await kube.set_owners("flagcronschedules", ref, [])
+    await kube.patch_status("flagrollouts", ref, {}, unchanged=True)
+    await kube.cancel_schedule("ns", "s", "u")
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status",
                                      "patch_flag_status", "set_owner", "delete_schedule", "post_event",
                                      "post_operator_event", "list_pages", "list_admission_policies", "create",
-                                     "patch_status", "set_owners"]), "a new request: test it here"
+                                     "patch_status", "set_owners", "cancel_schedule"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls + kube.admission.calls
-    assert len(calls) == len(public) + 1  # list_admission_policies makes two requests
+    assert len(calls) == len(public) + 2  # list_admission_policies makes two requests; patch_status is called twice
     assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
 
 

@@ -29,6 +29,8 @@ from flag_scheduler.models import (
     Phase,
 )
 
+from flag_scheduler.rollout.models import FlagRolloutSpec, FlagRolloutStatus
+
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 ROOT_IGNORED = {"apiVersion", "kind", "metadata"}  # standard object fields, not in the models
 # Keywords of a map (``dict[str, X]``) that ``Comparison.mapping`` compares itself.
@@ -49,6 +51,7 @@ ALLOWED = {
     # Whole-object rules the API server enforces on write; the operator only reads objects that
     # passed them, so the models do not repeat them.
     "FlagUpdates:minProperties": "API server refuses an empty updates object",
+    "StepUpdates:minProperties": "API server refuses an empty updates object",
     "RetryPolicy:minProperties": "API server refuses an empty retry object",
     "RetryPolicy:x-kubernetes-validations": "CEL: maxBackoffSeconds >= backoffSeconds, checked by the API server",
     # scheduledAt's range (2000..2200) is mirrored by FlagScheduleSpec._in_range; the shape (time
@@ -73,6 +76,14 @@ ALLOWED = {
     "FlagUpdates.split:x-kubernetes-list-type": "map list keyed by variant: unique variants, API server",
     "FlagUpdates.split:x-kubernetes-validations": "CEL: a weight above 0, checked by the API server",
     "FlagScheduleStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
+    "FlagRolloutSpec:x-kubernetes-validations": "CEL transition rules (flagRef fixed, abort one way, approvals grow)",
+    "FlagRolloutSpec.startAt:x-kubernetes-validations": "CEL: the range, mirrored by a validator",
+    "FlagRolloutSpec.startAt:maxLength": "no longer string parses as a date-time",
+    "FlagRolloutSpec.startAt:pattern": "the shape of an RFC 3339 date-time; pydantic parses it",
+    "FlagRolloutSpec.steps:x-kubernetes-list-type": "map list keyed by name: the API server refuses duplicate step names",
+    "FlagRolloutSpec.approvedSteps[]:maxLength": "CEL makes every entry name a step (at most 63 characters)",
+    "RolloutStep.hold:x-kubernetes-validations": "CEL: at most 720h; parse_duration reads any length",
+    "FlagRolloutStatus.conditions:x-kubernetes-list-type": "map list keyed by type, merged by the API server",
 }
 
 
@@ -84,6 +95,7 @@ def load_schema(filename: str) -> dict[str, Any]:
 
 FLAG_SCHEMA = load_schema("featureflags.flagscheduler.dev.yaml")
 SCHEDULE_SCHEMA = load_schema("flagschedules.flagscheduler.dev.yaml")
+ROLLOUT_SCHEMA = load_schema("flagrollouts.flagscheduler.dev.yaml")
 
 
 class Comparison:
@@ -253,6 +265,8 @@ PAIRS = [
     pytest.param(FLAG_SCHEMA, "status", FeatureFlagStatus, id="FeatureFlag.status"),
     pytest.param(SCHEDULE_SCHEMA, "spec", FlagScheduleSpec, id="FlagSchedule.spec"),
     pytest.param(SCHEDULE_SCHEMA, "status", FlagScheduleStatus, id="FlagSchedule.status"),
+    pytest.param(ROLLOUT_SCHEMA, "spec", FlagRolloutSpec, id="FlagRollout.spec"),
+    pytest.param(ROLLOUT_SCHEMA, "status", FlagRolloutStatus, id="FlagRollout.status"),
 ]
 
 
@@ -271,7 +285,8 @@ def test_allow_list_has_no_stale_entries() -> None:
     assert set(ALLOWED) - comparison.allowed_used == set()
 
 
-@pytest.mark.parametrize("schema", [FLAG_SCHEMA, SCHEDULE_SCHEMA], ids=["FeatureFlag", "FlagSchedule"])
+@pytest.mark.parametrize("schema", [FLAG_SCHEMA, SCHEDULE_SCHEMA, ROLLOUT_SCHEMA],
+                         ids=["FeatureFlag", "FlagSchedule", "FlagRollout"])
 def test_root_has_only_spec_and_status(schema: dict[str, Any]) -> None:
     assert schema["properties"].keys() - ROOT_IGNORED == {"spec", "status"}
     assert schema["required"] == ["spec"]

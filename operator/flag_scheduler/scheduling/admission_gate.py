@@ -35,6 +35,7 @@ from flag_scheduler.logs import get_logger
 REQUIRED_POLICIES: dict[str, str] = {
     "flag-scheduler-schedules-need-flag-patch": "scheduling a change needs the right to patch the flag",
     "flag-scheduler-cron-schedules-need-flag-patch": "a recurring window needs the right to patch the flag",
+    "flag-scheduler-rollouts-need-flag-patch": "a rollout needs the right to patch the flag",
     "flag-scheduler-operator-annotations": "only the operator writes the flagscheduler.dev/ marker on flags",
 }
 REQUIRED_ACTION = "Deny"

@@ -1,4 +1,4 @@
-"""Kopf registration, and nothing else: watch flags and schedules, hand each event to the runtime.
+"""Kopf registration, and nothing else: watch flags, schedules and rollouts, hand each event to the runtime.
 
 Only ``@kopf.on.event`` is used: it neither writes annotations nor adds finalizers, so deleting a
 flag or schedule never waits for the operator and a schedule costs no Kopf bookkeeping writes.
@@ -14,6 +14,7 @@ from flag_scheduler.cronschedule.model import CRON_SCHEDULES
 from flag_scheduler.kube import PAGE_SIZE
 from flag_scheduler.scheduling.namespace_access import EndlessBackoff
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION
+from flag_scheduler.rollout.models import ROLLOUTS
 from flag_scheduler.scheduling.runtime import Runtime
 
 
@@ -59,3 +60,6 @@ async def flag_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, CRON_SCHEDULES)
 async def cron_schedule_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.observe_cron(event.get("type"), event["object"])
+@kopf.on.event(GROUP, VERSION, ROLLOUTS)
+async def rollout_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.observe_rollout(event.get("type"), event["object"])

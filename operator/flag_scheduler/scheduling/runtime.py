@@ -24,6 +24,8 @@ from flag_scheduler.http_server import Listener, endpoints_app, serve_endpoints
 from flag_scheduler.kube import Kube, api_client
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, SCHEDULES
+from flag_scheduler.rollout.controller import RolloutController
+from flag_scheduler.rollout.models import ROLLOUTS
 from flag_scheduler.scheduling.admission_gate import AdmissionGate
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.scheduling.context import Ctx
@@ -67,6 +69,9 @@ class Runtime:
         self.admission = AdmissionGate(settings, kube, on_open=self.dispatcher.release_held)
         self.ctx.holding = self.admission.holding
         self.access = NamespaceAccess(kube, settings.namespaces, settings.lease_namespace, settings.lease_name, now)
+        # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
+        self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh)
+        self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
@@ -91,9 +96,11 @@ class Runtime:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
         runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
+        runtime._rollouts_task = asyncio.create_task(runtime.rollouts.run(), name="rollouts")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
         log.info("operator.started", identity=settings.identity, live_schedules=runtime.book.pending_count(),
                  finished_schedules=runtime.book.finished_count(), cron_schedules=len(runtime.crons.crons),
+                 rollouts=len(runtime.rollouts.rollouts),
                  tzdata=TZDATA_VERSION, clock_offset_seconds=settings.clock_offset_seconds)
         return runtime
 
@@ -123,9 +130,13 @@ class Runtime:
             for body in page:
                 self.book.observe_schedule(None, body)
                 self.crons.observe_schedule(None, body)
+                self.rollouts.observe_schedule(None, body)
         async for page in self.access.list_pages(CRON_SCHEDULES):
             for body in page:
                 self.crons.observe_cron(None, body)
+        async for page in self.access.list_pages(ROLLOUTS):
+            for body in page:
+                self.rollouts.observe_rollout(None, body)
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
@@ -133,18 +144,22 @@ class Runtime:
         self.dispatcher.replan_all()
         self.validity.write_all()
         self.crons.lead()
+        self.rollouts.lead()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
         self.dispatcher.leading.clear()
         await self.crons.follow()
+        self.rollouts.follow()
         await self.dispatcher.stop()
+        await self.rollouts.close()
 
     def observe_schedule(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a schedule: update the book and re-plan the flags it touched."""
         for flag in self.book.observe_schedule(event_type, body):
             self.dispatcher.plan(flag)
         self.crons.observe_schedule(event_type, body)
+        self.rollouts.observe_schedule(event_type, body)
 
     def observe_cron(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a FlagCronSchedule: reconcile it (while leading)."""
@@ -157,6 +172,12 @@ class Runtime:
         key = self.book.observe_flag(event_type, body)
         if key is not None:
             self.dispatcher.plan(key)
+        meta = body.get("metadata") or {}
+        self.rollouts.observe_flag((meta.get("namespace", ""), meta.get("name", "")))
+
+    def observe_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event for a FlagRollout: its controller looks at it again."""
+        self.rollouts.observe_rollout(event_type, body)
 
     def not_ready(self) -> str | None:
         """Why this replica is not ready (readiness probe), or None: ready once the book is loaded."""
@@ -169,13 +190,14 @@ class Runtime:
     async def close(self) -> None:
         """Stop applying, hand the Lease over, close the client and the endpoints."""
         self._closing = True
-        for task in (self._recheck, self._election, self._task, self._admission_task):
+        for task in (self._recheck, self._election, self._task, self._admission_task, self._rollouts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.crons.follow()
         await self.dispatcher.stop()
+        await self.rollouts.close()
         await self.leadership.release()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)
         await self._close_clients()
@@ -186,6 +208,8 @@ class Runtime:
             return "the leader election task has ended"
         if self._admission_task is not None and self._admission_task.done():
             return "the admission policy check has ended"
+        if self._rollouts_task is not None and self._rollouts_task.done():
+            return "the rollout controller has ended"
         if not self.dispatcher.healthy():
             return "this replica leads but its dispatcher loop has stopped turning"
         return None
