@@ -27,7 +27,8 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.apply import apply_schedule
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
-from flag_scheduler.scheduling.settle import cancel_schedule, fence, miss_schedule
+from flag_scheduler.scheduling.landed import fence
+from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
 from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
 from flag_scheduler.scheduling.book import Key
 from flag_scheduler.scheduling.housekeeping import tidy_schedule
