@@ -137,16 +137,24 @@ async def test_a_fence_makes_a_patch_prepared_before_it_fail(kube: FakeKube, ctx
     assert flag(kube)["spec"]["enabled"] is False
 
 
-async def test_an_older_schedule_is_superseded(kube: FakeKube, ctx: Ctx) -> None:
+async def test_an_older_schedule_is_superseded_field_by_field(kube: FakeKube, ctx: Ctx) -> None:
+    """"eight" arrives after "nine" landed: it sets only the field "nine" did not; "seven" sets none."""
     add_flag(kube, ctx)
     newer = add_schedule(kube, ctx, "nine", T0)
     await apply_schedule(ctx, newer)
-    older = add_schedule(kube, ctx, "eight", T0 - timedelta(hours=1), updates={"rolloutPercentage": 5})
+    older = add_schedule(kube, ctx, "eight", T0 - timedelta(hours=1),
+                         updates={"enabled": False, "rolloutPercentage": 5})
     await apply_schedule(ctx, older)
+    oldest = add_schedule(kube, ctx, "seven", T0 - timedelta(hours=2), updates={"enabled": False})
+    await apply_schedule(ctx, oldest)
     await asyncio.gather(*ctx.background)
-    assert phase(kube, "eight") == "Superseded"
-    assert flag(kube)["spec"]["rolloutPercentage"] == 0
-    assert ("eight", "Warning", "Superseded") in kube.events
+    assert flag(kube)["spec"] == {"enabled": True, "rolloutPercentage": 5}
+    assert phase(kube, "eight") == "Applied"
+    skipped = next(c for c in kube.objects[(SCHEDULES, NS, "eight")]["status"]["conditions"]
+                   if c["type"] == "FieldsSuperseded")
+    assert skipped["status"] == "True" and skipped["message"].startswith("enabled (set by nine")
+    assert phase(kube, "seven") == "Superseded"
+    assert ("seven", "Warning", "Superseded") in kube.events
 
 
 async def test_a_schedule_deleted_before_its_patch_is_not_applied(kube: FakeKube, ctx: Ctx) -> None:

@@ -139,6 +139,7 @@ def test_the_end_state_is_the_same_whatever_the_order_retries_and_crashes(plan: 
     assert applied == {uid for uid, n in landings.items() if n}
 
 
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
 def test_the_rule_covers_every_field_of_the_updates_model() -> None:
     """A field added to ``FlagUpdates`` joins the per-field rule without naming it anywhere else."""
     every = FlagUpdates.model_construct(**{name: f"value of {name}" for name in FlagUpdates.model_fields})
