@@ -69,9 +69,9 @@ def test_two_past_due_schedules_of_one_flag_end_the_same_whatever_order_they_arr
         cluster.schedule(*older)
         start_operator()
     status = finished(cluster, "ten")
-    assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
+    cluster.wait_phase("ten-o-one", "Applied", timeout=20)
     assert status["phase"] == "Applied"
-    assert cluster.wait_phase("ten-o-one", "Applied")["phase"] == "Applied"
+    assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
     if arrival == "newest first":  # "ten" set enabled, and says rolloutPercentage was not its to set
         skipped = condition(status, "FieldsSuperseded")
         assert skipped is not None and skipped["status"] == "True", status
