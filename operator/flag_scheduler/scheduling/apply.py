@@ -112,6 +112,7 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
                 continue
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
+            ctx.unanswered.add(key)  # it may still commit: fence before settling untouched
             raise ApplyFailure(describe(err)) from err
         failpoints.reach("apply.after-flag-patch")
         return Landing(ctx.book.put_flag(body) or flag, decision)

@@ -59,6 +59,9 @@ class Ctx:
     is_leader: Callable[[], bool] = lambda: True
     fencing_token: Callable[[], str] = lambda: "standalone"
     background: set[asyncio.Task] = field(default_factory=set)
+    # Flags whose PATCH by this replica got no answer (a timeout): it may still commit, so the next
+    # fence of the flag writes even if the flag already carries this term's token.
+    unanswered: set[tuple[str, str]] = field(default_factory=set)
     _event_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_POSTS))
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:

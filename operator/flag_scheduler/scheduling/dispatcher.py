@@ -68,6 +68,7 @@ class Dispatcher:
         self._rejecting: set[str] = set()
         self._retry_after: dict[str, datetime] = {}
         self._tries: dict[str, int] = {}
+        self._fencing: set[Key] = set()
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -145,11 +146,13 @@ class Dispatcher:
 
     def _end_of_life(self, now: datetime) -> None:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
-        book, me = self.ctx.book, self.ctx.settings.identity
-        while book.suspects:
-            key, claimant = book.suspects.popitem(last=False)
-            if claimant != me:  # a claim of this replica's cannot be in a deposed leader's hands
-                self._spawn(fence(self.ctx, key), "fence")
+        book = self.ctx.book
+        # Every suspect, this replica's own claims too: a request of an earlier term of this process
+        # may have been sent before its task was cancelled. A suspect leaves only once fenced.
+        for key in list(book.suspects):
+            if key not in self._fencing:
+                self._fencing.add(key)
+                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
         for expiry in book.pop_expired(now):
             self._spawn(delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
@@ -157,6 +160,11 @@ class Dispatcher:
                 self._rejecting.add(uid)
                 self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u),
                             lambda u=uid: self._later(u, now))
+
+    async def _fence_suspect(self, key: Key) -> None:
+        """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
+        await fence(self.ctx, key, force=True)
+        self.ctx.book.suspects.pop(key, None)
 
     def _later(self, uid: str, now: datetime) -> None:
         """An unreadable schedule could not be marked Failed: try again later, backing off."""

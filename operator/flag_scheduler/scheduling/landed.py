@@ -48,17 +48,24 @@ class Landing:
     decision: Decision  # GO: this attempt landed it; LANDED: it was there already; SUPERSEDED: not applied
 
 
-async def fence(ctx: Ctx, key: Key, landed_uid: str = "") -> FeatureFlag | None:
-    """Read the flag fresh and make sure it carries this term's fencing token (see ``apply.py``).
+async def fence(ctx: Ctx, key: Key, landed_uid: str = "", force: bool = False) -> FeatureFlag | None:
+    """Read the flag fresh and make sure no PATCH prepared before this read can land (see ``apply.py``).
 
-    No write if the flag is gone, already carries the token, or shows that ``landed_uid`` landed.
+    What fences is the write's new resourceVersion: a PATCH carries the version it was prepared
+    against as a precondition. The token says which term wrote the flag last, so a flag already
+    fenced in this term is not written again, unless ``force`` (a suspect flag) or one of this
+    term's own PATCHes on it ended without an answer (``Ctx.unanswered``): that one may still commit.
+    No write if the flag is gone or shows that ``landed_uid`` landed.
     """
     for _ in range(CONFLICT_ATTEMPTS):
         flag = await read_flag(ctx, key)
         if flag is None:
+            ctx.unanswered.discard(key)
             return None  # nothing to land on; a PATCH prepared for an older flag fails its uid precondition
         token = ctx.fencing_token()
-        if flag.marker.landed(landed_uid) or flag.marker.fencing_token == token:
+        if flag.marker.landed(landed_uid):
+            return flag
+        if flag.marker.fencing_token == token and not force and key not in ctx.unanswered:
             return flag
         if not ctx.is_leader():
             raise StandDown("the leader Lease was not renewed in time")
@@ -75,6 +82,7 @@ async def fence(ctx: Ctx, key: Key, landed_uid: str = "") -> FeatureFlag | None:
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
             raise ApplyFailure(describe(err)) from err
+        ctx.unanswered.discard(key)
         return ctx.book.put_flag(body) or flag
     raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
 
