@@ -101,7 +101,8 @@ def test_a_recreated_schedule_that_already_landed_does_not_land_again(
 def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], late_outcome: str
 ) -> None:
-    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log")
+    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log",
+                              FLAG_SCHEDULER_IDENTITY="crashing")
     cluster.flag("truth", enabled=False)
     due = in_seconds(2)
     deadline = {"startingDeadlineSeconds": 1} if late_outcome == "Missed" else {}
@@ -109,7 +110,8 @@ def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     crashing.wait_log("failpoint.stopped", timeout=20)
     crashing.kill()  # the change is on the flag; the schedule's status was never written
     assert cluster.get_flag("truth")["spec"]["enabled"] is True
-    assert cluster.status("landed")["phase"] == "Pending"
+    pending = cluster.status("landed")  # the operator's claim, and no outcome written
+    assert (pending["phase"], pending.get("claimedBy"), pending.get("appliedAt")) == ("Pending", "crashing", None)
     if late_outcome == "Cancelled":
         cluster.patch_schedule("landed", {"cancelled": True})
     else:
@@ -194,12 +196,12 @@ def test_a_schedule_recreated_under_the_same_name_is_its_own_schedule(
     op.wait_log("failpoint.stopped", timeout=20)
     delete_schedule(cluster, "same-name")
     later = in_seconds(4)
-    cluster.schedule("same-name", "renamed", later, {"rolloutPercentage": 60})
+    recreated = cluster.schedule("same-name", "renamed", later, {"rolloutPercentage": 60})
     op.send(signal.SIGCONT)
     status = cluster.wait_phase("same-name", "Applied", timeout=20)
     # The new object's change, at its own time; the old object's change never.
     assert cluster.get_flag("renamed")["spec"] == {"enabled": False, "rolloutPercentage": 60}
-    assert parse_time(status["appliedAt"]) >= later
+    assert parse_time(status["appliedAt"]) >= parse_time(recreated["spec"]["scheduledAt"])
     assert len(changes(cluster, "renamed")) == 1
 
 

@@ -164,12 +164,11 @@ async def test_a_patch_that_got_no_answer_cannot_commit_after_the_schedule_is_se
     assert flag(kube)["spec"]["enabled"] is False
 
 
-async def test_a_suspect_flag_stays_suspect_until_its_fence_lands_own_claims_included(
-        kube: FakeKube, ctx: Ctx) -> None:
-    """On takeover every suspect is fenced (this replica's own earlier claims too), and a fence that
-    fails is tried again on the next turn instead of being forgotten."""
+async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube, ctx: Ctx) -> None:
+    """On takeover every suspect is fenced, and a fence that fails is tried again on the next turn
+    instead of being forgotten."""
     add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
-    ctx.book.suspects[(NS, "f")] = "me"
+    ctx.book.suspects[(NS, "f")] = "other"
     dispatcher = Dispatcher(ctx)
     kube.hooks["fence_flag"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
     dispatcher._end_of_life(T0)
@@ -179,6 +178,19 @@ async def test_a_suspect_flag_stays_suspect_until_its_fence_lands_own_claims_inc
     dispatcher._end_of_life(T0)
     await asyncio.gather(*dispatcher._tasks)
     assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-2"
+    assert not ctx.book.suspects
+
+
+async def test_work_cut_short_by_losing_the_lead_is_fenced_when_the_lead_comes_back(kube: FakeKube, ctx: Ctx) -> None:
+    """A PATCH this replica sent just before it lost the lead may still commit: its flag is fenced
+    on the next term even though the claim was this replica's own."""
+    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-2"})
+    dispatcher = Dispatcher(ctx)
+    dispatcher._running.add((NS, "f"))  # work under way on the flag when the lead was lost
+    await dispatcher.stop()
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert kube.calls.count("fence_flag") == 1
     assert not ctx.book.suspects
 
 

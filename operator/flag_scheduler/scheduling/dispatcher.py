@@ -146,11 +146,14 @@ class Dispatcher:
 
     def _end_of_life(self, now: datetime) -> None:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
-        book = self.ctx.book
-        # Every suspect, this replica's own claims too: a request of an earlier term of this process
-        # may have been sent before its task was cancelled. A suspect leaves only once fenced.
-        for key in list(book.suspects):
-            if key not in self._fencing:
+        book, me = self.ctx.book, self.ctx.settings.identity
+        # A suspect leaves only once fenced. A claim of this replica's in this term needs no fence
+        # (its work re-reads the schedule before the PATCH); work it was doing when it last lost
+        # the lead is noted apart by ``stop`` and fenced, as a request may have left before the cancel.
+        for key, claimant in list(book.suspects.items()):
+            if claimant == me:
+                book.suspects.pop(key, None)
+            elif key not in self._fencing:
                 self._fencing.add(key)
                 self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
         for expiry in book.pop_expired(now):
@@ -245,7 +248,12 @@ class Dispatcher:
                 await tidy_schedule(ctx, schedule, owner)
 
     async def stop(self) -> None:
-        """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost)."""
+        """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost).
+
+        The flags being worked on become suspects: a PATCH already sent may still commit.
+        """
+        for key in self._running:
+            self.ctx.book.suspects[key] = f"{self.ctx.settings.identity} (interrupted)"
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
