@@ -19,6 +19,7 @@ POINTS = frozenset({
     "apply.start",  # a due schedule is about to be worked on (before the claim and the checks)
     "apply.before-flag-patch",  # every check passed, the flag PATCH is next
     "apply.after-flag-patch",  # the change landed on the flag, no status written yet
+    "settle.before-status",  # the flag was checked and fenced; Cancelled/Missed/Failed/Superseded is next
 })
 _armed: set[str] = set()
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 
 from conftest import Kubectl
-from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, wait_for
+from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, parse_time, wait_for
 
 LAST_SCHEDULE = "flagscheduler.dev/last-applied-schedule"
 TERMINAL = {"Applied", "Failed", "Cancelled", "Missed", "Superseded"}
@@ -119,6 +119,22 @@ def test_an_edit_between_the_patch_and_the_status_write_is_reported_as_not_appli
     assert condition(status, "SpecChangedAfterApply")["status"] == "True"
     assert cluster.get_flag("edited")["spec"] == {"enabled": True, "rolloutPercentage": 0}
     assert flag_writes(cluster, "edited") == 1
+
+
+def test_an_outcome_decided_for_the_old_spec_is_not_written_onto_a_moved_schedule(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """Missed was decided for generation 1; the user moves the schedule ahead before the status write."""
+    op = start_operator(FLAG_SCHEDULER_FAILPOINTS="settle.before-status")
+    cluster.flag("rescued", enabled=False)
+    cluster.schedule("too-late", "rescued", in_seconds(-60), {"enabled": True}, startingDeadlineSeconds=1)
+    op.wait_log("failpoint.stopped", timeout=20)
+    moved = cluster.patch_schedule("too-late", {"scheduledAt": in_seconds(3).isoformat().replace("+00:00", "Z")})
+    op.send(signal.SIGCONT)
+    status = finished(cluster, "too-late")
+    assert (status["phase"], status["observedGeneration"]) == ("Applied", 2)
+    assert parse_time(status["appliedAt"]) >= parse_time(moved["spec"]["scheduledAt"])
+    assert cluster.get_flag("rescued")["spec"]["enabled"] is True
 
 
 def test_a_landed_change_is_known_however_many_other_changes_land_after_it(

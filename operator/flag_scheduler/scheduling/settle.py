@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flag_scheduler import metrics
+from flag_scheduler import failpoints, metrics
 from flag_scheduler.forward import Decision, Verdict, decide, describe_skipped
 from flag_scheduler.models import FlagSchedule, Phase, rfc3339
 from flag_scheduler.scheduling import status
@@ -50,6 +50,7 @@ async def settle_untouched(
             f"{describe_skipped(decision.skipped)}; applying it would move the flag backwards, so the flag "
             "was not changed"
         )
+    failpoints.reach("settle.before-status")
     now = ctx.clock()
     written = await write_status(ctx, schedule, lambda fresh: status.schedule_status(
         fresh, now, phase, reason, message, **fields,
