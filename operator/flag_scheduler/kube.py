@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
