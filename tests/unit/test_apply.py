@@ -183,8 +183,8 @@ async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube
 
 async def test_work_cut_short_by_losing_the_lead_is_fenced_when_the_lead_comes_back(kube: FakeKube, ctx: Ctx) -> None:
     """A PATCH this replica sent just before it lost the lead may still commit: its flag is fenced
-    on the next term even though the claim was this replica's own."""
-    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-2"})
+    on its next term (token "term-2") even though the claim was this replica's own."""
+    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
     dispatcher = Dispatcher(ctx)
     dispatcher._running.add((NS, "f"))  # work under way on the flag when the lead was lost
     await dispatcher.stop()

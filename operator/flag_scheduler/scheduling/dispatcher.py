@@ -166,7 +166,7 @@ class Dispatcher:
 
     async def _fence_suspect(self, key: Key) -> None:
         """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
-        await fence(self.ctx, key, force=True)
+        await fence(self.ctx, key)
         self.ctx.book.suspects.pop(key, None)
 
     def _later(self, uid: str, now: datetime) -> None:

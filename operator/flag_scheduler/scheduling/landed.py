@@ -48,13 +48,14 @@ class Landing:
     decision: Decision  # GO: this attempt landed it; LANDED: it was there already; SUPERSEDED: not applied
 
 
-async def fence(ctx: Ctx, key: Key, landed_uid: str = "", force: bool = False) -> FeatureFlag | None:
+async def fence(ctx: Ctx, key: Key, landed_uid: str = "") -> FeatureFlag | None:
     """Read the flag fresh and make sure no PATCH prepared before this read can land (see ``apply.py``).
 
     What fences is the write's new resourceVersion: a PATCH carries the version it was prepared
-    against as a precondition. The token says which term wrote the flag last, so a flag already
-    fenced in this term is not written again, unless ``force`` (a suspect flag) or one of this
-    term's own PATCHes on it ended without an answer (``Ctx.unanswered``): that one may still commit.
+    against as a precondition. The token says which term wrote the flag last: a deposed leader
+    passed its last Lease check before this term began, so any write of this term fences it, and
+    a flag already written in this term is not written again, unless one of this term's own
+    PATCHes on it ended without an answer (``Ctx.unanswered``): that one may still commit.
     No write if the flag is gone or shows that ``landed_uid`` landed.
     """
     for _ in range(CONFLICT_ATTEMPTS):
@@ -65,7 +66,7 @@ async def fence(ctx: Ctx, key: Key, landed_uid: str = "", force: bool = False) -
         token = ctx.fencing_token()
         if flag.marker.landed(landed_uid):
             return flag
-        if flag.marker.fencing_token == token and not force and key not in ctx.unanswered:
+        if flag.marker.fencing_token == token and key not in ctx.unanswered:
             return flag
         if not ctx.is_leader():
             raise StandDown("the leader Lease was not renewed in time")
