@@ -181,19 +181,6 @@ async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube
     assert not ctx.book.suspects
 
 
-async def test_work_cut_short_by_losing_the_lead_is_fenced_when_the_lead_comes_back(kube: FakeKube, ctx: Ctx) -> None:
-    """A PATCH this replica sent just before it lost the lead may still commit: its flag is fenced
-    on its next term (token "term-2") even though the claim was this replica's own."""
-    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
-    dispatcher = Dispatcher(ctx)
-    dispatcher._running.add((NS, "f"))  # work under way on the flag when the lead was lost
-    await dispatcher.stop()
-    dispatcher._end_of_life(T0)
-    await asyncio.gather(*dispatcher._tasks)
-    assert kube.calls.count("fence_flag") == 1
-    assert not ctx.book.suspects
-
-
 async def test_an_older_schedule_is_superseded_field_by_field(kube: FakeKube, ctx: Ctx) -> None:
     """"eight" arrives after "nine" landed: it sets only the field "nine" did not; "seven" sets none."""
     add_flag(kube, ctx)

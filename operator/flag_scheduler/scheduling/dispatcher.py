@@ -147,9 +147,8 @@ class Dispatcher:
     def _end_of_life(self, now: datetime) -> None:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
         book, me = self.ctx.book, self.ctx.settings.identity
-        # A suspect leaves only once fenced. A claim of this replica's in this term needs no fence
-        # (its work re-reads the schedule before the PATCH); work it was doing when it last lost
-        # the lead is noted apart by ``stop`` and fenced, as a request may have left before the cancel.
+        # A suspect leaves only once fenced (a failed fence is tried again on the next turn). A claim
+        # of this replica's needs none: its own work re-reads the schedule before the PATCH.
         for key, claimant in list(book.suspects.items()):
             if claimant == me:
                 book.suspects.pop(key, None)
@@ -248,12 +247,7 @@ class Dispatcher:
                 await tidy_schedule(ctx, schedule, owner)
 
     async def stop(self) -> None:
-        """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost).
-
-        The flags being worked on become suspects: a PATCH already sent may still commit.
-        """
-        for key in self._running:
-            self.ctx.book.suspects[key] = f"{self.ctx.settings.identity} (interrupted)"
+        """Cancel in-flight work and forget the plans (at shutdown and when leadership is lost)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
