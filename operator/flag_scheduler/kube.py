@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,7 +23,6 @@ from kubernetes.aio.client.exceptions import ApiException
 from flag_scheduler.models import (
     ANNOTATION_APPLIED_AT,
     ANNOTATION_FENCING_TOKEN,
-    ANNOTATION_RECENT_UIDS,
     ANNOTATION_SCHEDULE,
     ANNOTATION_SCHEDULE_UID,
     ANNOTATION_SCHEDULED_AT,
@@ -32,9 +31,9 @@ from flag_scheduler.models import (
     GROUP,
     SCHEDULES,
     VERSION,
-    FeatureFlagSpec,
-    FlagSchedule,
+    Marker,
     ObjectRef,
+    exact_time,
     rfc3339,
 )
 
@@ -64,11 +63,6 @@ def _describe(err: BaseException) -> str:
             reason, message = err.reason, (err.body or "")[:300]
         return f"{err.status} {reason}: {message}".strip()
     return f"{type(err).__name__}: {err}"
-
-
-def exact_time(moment: datetime) -> str:
-    """A timestamp in UTC with all its digits, so the marker's ``scheduledAt`` compares exactly."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _preconditions(ref: ObjectRef, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -180,25 +174,24 @@ class Kube:
             raise
 
     async def patch_flag_spec(
-        self, flag: ObjectRef, schedule: FlagSchedule, fencing_token: str, now: datetime, recent_uids: str = "",
-        current: FeatureFlagSpec | None = None,
+        self, flag: ObjectRef, fields: dict[str, Any], marker: Marker, fencing_token: str
     ) -> dict[str, Any]:
-        """Apply a schedule's updates and its marker to the flag, in one request.
+        """Set ``fields`` of the flag's spec and its marker, in one request.
 
-        The marker (annotations) names the schedule, its uid and ``scheduledAt`` (exactly once and
-        forward only), when it landed, the leader term that wrote it (fencing), and the uids of the
-        last few schedules that landed (``recent_uids``, this one first). ``current`` is the flag's
-        spec the preconditions hold it to: a new targeting rule replaces its rule whole.
+        The marker (annotations) names the schedule that changed the flag last, its uid and
+        ``scheduledAt``, when it landed, who set each field (forward only), which schedules wait for
+        their status (exactly once) and the leader term that wrote it (fencing).
         """
+        assert marker.uid and marker.name and marker.scheduled_at and marker.applied_at
         notes = {
-            ANNOTATION_SCHEDULE: schedule.ref.name,
-            ANNOTATION_SCHEDULE_UID: schedule.ref.uid,
-            ANNOTATION_SCHEDULED_AT: exact_time(schedule.spec.scheduled_at),
-            ANNOTATION_APPLIED_AT: rfc3339(now),
+            ANNOTATION_SCHEDULE: marker.name,
+            ANNOTATION_SCHEDULE_UID: marker.uid,
+            ANNOTATION_SCHEDULED_AT: exact_time(marker.scheduled_at),
+            ANNOTATION_APPLIED_AT: rfc3339(marker.applied_at),
             ANNOTATION_FENCING_TOKEN: fencing_token,
-            ANNOTATION_RECENT_UIDS: recent_uids,
+            **marker.notes(),
         }
-        body = {**_preconditions(flag, notes), "spec": schedule.spec.updates.as_patch(current)}
+        body = {**_preconditions(flag, notes), "spec": fields}
         return await self._patch(FLAGS, flag, body)
 
     async def fence_flag(self, flag: ObjectRef, fencing_token: str) -> dict[str, Any]:

@@ -14,42 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flag_scheduler.targeting import targeting_problem
 from flag_scheduler.variants import MAX_VARIANT_NAME, MAX_VARIANTS, FlagType, SplitShare, Variants, replacing
+from flag_scheduler.marker import (  # noqa: F401 - re-exported: the marker is part of the flag
+    ANNOTATION_APPLIED_AT,
+    ANNOTATION_AWAITING_STATUS,
+    ANNOTATION_FENCING_TOKEN,
+    ANNOTATION_FIELD_SETTERS,
+    ANNOTATION_RECENT_UIDS,
+    ANNOTATION_SCHEDULE,
+    ANNOTATION_SCHEDULE_UID,
+    ANNOTATION_SCHEDULED_AT,
+    Landed,
+    Marker,
+    Setter,
+)
+from flag_scheduler.wire import exact_time, parse_time, rfc3339  # noqa: F401 - the CRDs' wire format
 
 GROUP = "flagscheduler.dev"
 VERSION = "v1alpha1"
 FLAGS = "featureflags"
 SCHEDULES = "flagschedules"
-# Set on the flag in the same PATCH as the change: the exactly-once and forward-only marker.
-ANNOTATION_SCHEDULE = f"{GROUP}/last-applied-schedule"
-ANNOTATION_SCHEDULE_UID = f"{GROUP}/last-applied-schedule-uid"
-ANNOTATION_SCHEDULED_AT = f"{GROUP}/last-applied-scheduled-at"
-ANNOTATION_APPLIED_AT = f"{GROUP}/last-applied-at"
-# The leader term that last wrote the flag: a new leader writes it before it settles a schedule
-# without changing the flag, so a deposed leader's in-flight PATCH fails its precondition.
-ANNOTATION_FENCING_TOKEN = f"{GROUP}/fencing-token"
-# The uids of the last RECENT_LANDED schedules that changed the flag, newest first: a schedule whose
-# change landed but whose status was never written is still recognised after a later one landed.
-ANNOTATION_RECENT_UIDS = f"{GROUP}/recent-schedule-uids"
-RECENT_LANDED = 16
 FIELD_MANAGER = "flag-scheduler"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-
-
-def rfc3339(moment: datetime) -> str:
-    """Format a timestamp the way Kubernetes prints them (UTC, milliseconds): the CRDs' wire format."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp, or None if absent or unreadable (annotations are free text)."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 class _Model(BaseModel):
@@ -233,6 +218,19 @@ class FlagSchedule(_Model):
         owners = {o.get("uid") for o in self.owner_references if o.get("kind") == "FeatureFlag"}
         return owners == {flag_uid}
 
+    def owner_deleted(self, flag_uid: str) -> str | None:
+        """The uid of a deleted namesake of the schedule's flag that still owns it, if any.
+
+        An owner named like ``flagRef`` with another uid than the flag's now was deleted (names
+        are unique): the garbage collector deletes the schedule, which is never adopted. An owner
+        of another name is the flag the schedule pointed at before it was moved to this one.
+        """
+        for owner in self.owner_references:
+            if owner.get("kind") == "FeatureFlag" and owner.get("name") == self.spec.flag_ref.name \
+                    and owner.get("uid") != flag_uid:
+                return str(owner.get("uid"))
+        return None
+
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> FlagSchedule:
         """Parse an API object (dict); raises ``pydantic.ValidationError`` naming the field."""
@@ -243,36 +241,6 @@ class FlagSchedule(_Model):
             status=_lenient_status(body.get("status") or {}),
             owner_references=meta.get("ownerReferences") or [],
         )
-
-
-class Marker(_Model):
-    """What the flag's annotations say about the schedule that changed it last."""
-
-    uid: str | None = None
-    name: str | None = None
-    scheduled_at: datetime | None = None
-    applied_at: datetime | None = None
-    fencing_token: str | None = None
-    recent: tuple[str, ...] = ()  # uids of the schedules that landed last, newest first
-
-    @classmethod
-    def from_annotations(cls, notes: dict[str, str]) -> Marker:
-        return cls(
-            uid=notes.get(ANNOTATION_SCHEDULE_UID),
-            name=notes.get(ANNOTATION_SCHEDULE),
-            scheduled_at=parse_time(notes.get(ANNOTATION_SCHEDULED_AT)),
-            applied_at=parse_time(notes.get(ANNOTATION_APPLIED_AT)),
-            fencing_token=notes.get(ANNOTATION_FENCING_TOKEN),
-            recent=tuple(u for u in (notes.get(ANNOTATION_RECENT_UIDS) or "").split(",") if u)[:RECENT_LANDED],
-        )
-
-    def landed(self, uid: str) -> bool:
-        """True if the schedule with this uid changed the flag (last, or among the last few)."""
-        return bool(uid) and (uid == self.uid or uid in self.recent)
-
-    def after(self, uid: str) -> str:
-        """The recent-uids annotation once the schedule with ``uid`` has landed."""
-        return ",".join((uid, *(u for u in self.recent if u != uid))[:RECENT_LANDED])
 
 
 def _lenient_status(raw: dict[str, Any]) -> FlagScheduleStatus:

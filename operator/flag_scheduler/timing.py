@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from flag_scheduler.models import FlagSchedule, Marker, Phase
+from flag_scheduler.models import FlagSchedule, Phase
 
 # Subtractive jitter: a retry waits between (1 - JITTER) and 1 times its backoff, never above the cap.
 JITTER = 0.1
@@ -37,9 +37,15 @@ class RetryLimits:
 
 
 def due_at(schedule: FlagSchedule) -> datetime:
-    """When the schedule's next attempt is due: ``nextRetryAt`` while retrying, else ``scheduledAt``."""
+    """When the schedule's next attempt is due: ``nextRetryAt`` while retrying, else ``scheduledAt``.
+
+    A retry belongs to the spec it was planned for: once the spec changed (a schedule moved while
+    retrying), the status's ``observedGeneration`` lags and the attempt is due at the new
+    ``scheduledAt``. ``retryCount`` carries on: the retry budget is the schedule's, not its spec's.
+    """
     status = schedule.status
-    if status.phase is Phase.RETRYING and status.next_retry_at is not None:
+    if (status.phase is Phase.RETRYING and status.next_retry_at is not None
+            and status.observed_generation == schedule.ref.generation):
         return status.next_retry_at
     return schedule.spec.scheduled_at
 
@@ -97,30 +103,6 @@ def order_key(schedule: FlagSchedule) -> tuple[datetime, str]:
     return (schedule.spec.scheduled_at, schedule.ref.name)
 
 
-class Verdict(StrEnum):
-    """What a flag's marker says about a schedule that is about to change it."""
-
-    GO = "go"  # the change has not landed and moves the flag forward
-    LANDED = "landed"  # this very schedule (by uid) changed the flag last
-    SUPERSEDED = "superseded"  # a schedule due at or after this one already changed the flag
-
-
-def against_marker(schedule: FlagSchedule, marker: Marker) -> Verdict:
-    """Forward only: a schedule ordered at or before the one that changed the flag last never applies.
-
-    Identity is the uid, so a re-created schedule (same name and time, new uid) whose namesake
-    already landed is superseded rather than applied twice. A marker without a readable
-    ``scheduledAt`` (written by hand, or before it was recorded) orders nothing.
-    """
-    if marker.landed(schedule.ref.uid):
-        return Verdict.LANDED
-    if marker.scheduled_at is None or marker.name is None:
-        return Verdict.GO
-    if order_key(schedule) <= (marker.scheduled_at, marker.name):
-        return Verdict.SUPERSEDED
-    return Verdict.GO
-
-
 def head_of_line(schedules: Iterable[FlagSchedule]) -> FlagSchedule | None:
     """The flag's schedule that goes next: the earliest one not yet terminal and not cancelled.
 
@@ -129,12 +111,3 @@ def head_of_line(schedules: Iterable[FlagSchedule]) -> FlagSchedule | None:
     """
     live = [s for s in schedules if not s.status.phase.terminal and not s.spec.cancelled]
     return min(live, key=order_key, default=None)
-
-
-def next_action_at(schedules: Iterable[FlagSchedule], now: datetime) -> datetime | None:
-    """When the flag's schedules next need the operator: now for cancellations, else the head's due time."""
-    schedules = list(schedules)
-    if any(action(s, now) is Action.CANCEL for s in schedules):
-        return now
-    head = head_of_line(schedules)
-    return None if head is None else due_at(head)

@@ -20,6 +20,7 @@ from conftest import Kubectl
 from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, parse_time, wait_for
 
 LAST_SCHEDULE = "flagscheduler.dev/last-applied-schedule"
+TOKEN = "flagscheduler.dev/fencing-token"
 # Short, in the relations client-go requires: a frozen leader is replaced after about 3-4 s.
 FAST_ELECTION = {
     "FLAG_SCHEDULER_LEASE_DURATION_SECONDS": "3",
@@ -100,7 +101,8 @@ def test_a_recreated_schedule_that_already_landed_does_not_land_again(
 def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], late_outcome: str
 ) -> None:
-    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log")
+    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log",
+                              FLAG_SCHEDULER_IDENTITY="crashing")
     cluster.flag("truth", enabled=False)
     due = in_seconds(2)
     deadline = {"startingDeadlineSeconds": 1} if late_outcome == "Missed" else {}
@@ -108,7 +110,8 @@ def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     crashing.wait_log("failpoint.stopped", timeout=20)
     crashing.kill()  # the change is on the flag; the schedule's status was never written
     assert cluster.get_flag("truth")["spec"]["enabled"] is True
-    assert cluster.status("landed")["phase"] == "Pending"
+    pending = cluster.status("landed")  # the operator's claim, and no outcome written
+    assert (pending["phase"], pending.get("claimedBy"), pending.get("appliedAt")) == ("Pending", "crashing", None)
     if late_outcome == "Cancelled":
         cluster.patch_schedule("landed", {"cancelled": True})
     else:
@@ -122,30 +125,47 @@ def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
 # 3. A deposed leader's in-flight PATCH cannot land late.
 
 
+@pytest.mark.parametrize("meanwhile", ["cancelled, the next leader started after", "deleted, seen by a warm follower"])
 def test_a_leader_frozen_before_its_patch_cannot_land_it_after_losing_the_lease(
-    cluster: Cluster, start_operator: Callable[..., OperatorProcess], operator_kubeconfig: Path
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], operator_kubeconfig: Path, meanwhile: str
 ) -> None:
+    """Each case rests on one fence path alone: the fence before an untouched phase (a replica that
+    starts after the cancel knows of no suspect), or the fence of a suspect flag on takeover (a
+    deleted schedule is never settled)."""
     lease = {"FLAG_SCHEDULER_LEASE_NAMESPACE": "flag-scheduler-system",
              "FLAG_SCHEDULER_LEASE_NAME": f"fence-{cluster.ns}", **FAST_ELECTION}
     first = start_operator(operator_kubeconfig, "first.log", FLAG_SCHEDULER_IDENTITY="first",
                            FLAG_SCHEDULER_FAILPOINTS="apply.before-flag-patch", **lease)
     first.wait_log("leader.acquired", timeout=20)
-    second = start_operator(operator_kubeconfig, "second.log", FLAG_SCHEDULER_IDENTITY="second", **lease)
+    start_second = lambda: start_operator(operator_kubeconfig, "second.log",  # noqa: E731
+                                          FLAG_SCHEDULER_IDENTITY="second", **lease)
+    second = None if meanwhile.startswith("cancelled") else start_second()
     cluster.flag("fenced", enabled=False)
     cluster.schedule("risky", "fenced", in_seconds(2), {"enabled": True})
     stopped = first.wait_log("failpoint.stopped", timeout=20)
     # While the first leader is frozen between its last check and its PATCH, the schedule is
-    # cancelled and the second replica takes the Lease over and finishes it.
-    cluster.patch_schedule("risky", {"cancelled": True})
-    second.wait_log("leader.acquired", timeout=20)
-    cluster.wait_phase("risky", "Cancelled", timeout=20)
+    # cancelled (or deleted) and the second replica takes the Lease over.
+    if second is None:
+        cluster.patch_schedule("risky", {"cancelled": True})
+        second = start_second()
+        second.wait_log("leader.acquired", timeout=20)
+        cluster.wait_phase("risky", "Cancelled", timeout=20)
+    else:
+        delete_schedule(cluster, "risky")
+        second.wait_log("leader.acquired", timeout=20)
+        wait_for(lambda: (cluster.get_flag("fenced")["metadata"].get("annotations") or {}).get(TOKEN),
+                 timeout=20, what="the new leader to fence the flag")
     resumed_at = len(first.log_lines())
     first.send(signal.SIGCONT)
-    first.wait_log("flag.stand_down", "schedule.applied", "flag.error", after=resumed_at, timeout=20)
+    ended = ("flag.stand_down", "schedule.applied", "flag.error")
+    wait_for(lambda: cluster.get_flag("fenced")["spec"]["enabled"]
+             or any(line.get("event") in ended for line in first.log_lines()[resumed_at:]),
+             timeout=20, what="the deposed leader to stand down (or its PATCH to land)")
     flag = cluster.get_flag("fenced")
     assert flag["spec"]["enabled"] is False, f"the deposed leader's PATCH landed late (froze at {stopped})"
     assert LAST_SCHEDULE not in (flag["metadata"].get("annotations") or {})
-    assert cluster.status("risky")["phase"] == "Cancelled"
+    if meanwhile.startswith("cancelled"):
+        assert cluster.status("risky")["phase"] == "Cancelled"
 
 
 # 4. Identity is the uid. 5. A deleted schedule is never applied.
@@ -176,12 +196,12 @@ def test_a_schedule_recreated_under_the_same_name_is_its_own_schedule(
     op.wait_log("failpoint.stopped", timeout=20)
     delete_schedule(cluster, "same-name")
     later = in_seconds(4)
-    cluster.schedule("same-name", "renamed", later, {"rolloutPercentage": 60})
+    recreated = cluster.schedule("same-name", "renamed", later, {"rolloutPercentage": 60})
     op.send(signal.SIGCONT)
     status = cluster.wait_phase("same-name", "Applied", timeout=20)
     # The new object's change, at its own time; the old object's change never.
     assert cluster.get_flag("renamed")["spec"] == {"enabled": False, "rolloutPercentage": 60}
-    assert parse_time(status["appliedAt"]) >= later
+    assert parse_time(status["appliedAt"]) >= parse_time(recreated["spec"]["scheduledAt"])
     assert len(changes(cluster, "renamed")) == 1
 
 

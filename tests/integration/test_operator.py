@@ -9,6 +9,8 @@ backoff and order under failure are in ``test_retries.py``; isolation under stal
 
 from __future__ import annotations
 
+import json
+
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +49,9 @@ def test_schedule_applied_on_time(cluster: Cluster, start_operator: Callable[...
     assert annotations["flagscheduler.dev/last-applied-schedule"] == "go-live"
     assert annotations[UID_ANNOTATION] == created["metadata"]["uid"]
     assert annotations["flagscheduler.dev/last-applied-at"] == status["appliedAt"]
-    assert parse_time(status["appliedAt"]) >= due  # never early
+    # Never early: appliedAt (milliseconds) against scheduledAt as stored (milliseconds), not the
+    # microsecond ``due`` it was made from.
+    assert parse_time(status["appliedAt"]) >= parse_time(created["spec"]["scheduledAt"])
     applied = next(c for c in status["conditions"] if c["type"] == "Applied")
     assert (applied["status"], applied["reason"], applied["observedGeneration"]) == ("True", "Applied", 1)
     assert status["observedGeneration"] == 1
@@ -106,12 +110,18 @@ def test_moving_a_pending_schedule_replans_it_at_once(
     cluster.schedule("next-hour", "moved", in_seconds(3600), {"enabled": True})
     first_sight(cluster, "next-hour")
     due = in_seconds(2)
-    cluster.patch_schedule("next-hour", {"scheduledAt": rfc3339(due)})
-    # Applied long before the hour it was first planned for.
+    moved = cluster.patch_schedule("next-hour", {"scheduledAt": rfc3339(due),
+                                                 "updates": {"enabled": True, "rolloutPercentage": 40}})
+    # Applied long before the hour it was first planned for, and it is the moved spec that landed:
+    # its values on the flag, its generation in the flag's record and in the status.
     status = cluster.wait_phase("next-hour", "Applied", timeout=30)
-    assert status["observedGeneration"] == 2  # the moved spec is the one applied
-    assert parse_time(status["appliedAt"]) >= due
-    assert cluster.get_flag("moved")["spec"]["enabled"] is True
+    flag = cluster.get_flag("moved")
+    assert flag["spec"] == {"enabled": True, "rolloutPercentage": 40}
+    landed = json.loads(flag["metadata"]["annotations"]["flagscheduler.dev/landed-awaiting-status"])
+    assert landed[moved["metadata"]["uid"]]["generation"] == 2
+    assert status["observedGeneration"] == 2
+    assert next(c for c in status["conditions"] if c["type"] == "Applied")["observedGeneration"] == 2
+    assert parse_time(status["appliedAt"]) >= parse_time(moved["spec"]["scheduledAt"])
 
 
 def test_missing_flag_reports_then_fails(cluster: Cluster, start_operator: Callable[..., OperatorProcess]) -> None:

@@ -16,18 +16,17 @@ from typing import Any
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler.kube import exact_time
 from flag_scheduler.models import (
     ANNOTATION_APPLIED_AT,
     ANNOTATION_FENCING_TOKEN,
-    ANNOTATION_RECENT_UIDS,
     ANNOTATION_SCHEDULE,
     ANNOTATION_SCHEDULE_UID,
     ANNOTATION_SCHEDULED_AT,
     FLAGS,
     SCHEDULES,
-    FlagSchedule,
+    Marker,
     ObjectRef,
+    exact_time,
     rfc3339,
 )
 
@@ -84,16 +83,20 @@ class FakeKube:
             raise TimeoutError("the response was lost")
         return copy.deepcopy(obj)
 
-    async def patch_flag_spec(self, flag: ObjectRef, schedule: FlagSchedule, token: str, now: datetime,
-                              recent_uids: str = "", current: Any = None) -> dict:
+    async def patch_flag_spec(self, flag: ObjectRef, fields: dict[str, Any], marker: Marker, token: str) -> dict:
         def change(obj: dict[str, Any]) -> None:
-            obj["metadata"].setdefault("annotations", {}).update({
-                ANNOTATION_SCHEDULE: schedule.ref.name, ANNOTATION_SCHEDULE_UID: schedule.ref.uid,
-                ANNOTATION_SCHEDULED_AT: exact_time(schedule.spec.scheduled_at),
-                ANNOTATION_APPLIED_AT: rfc3339(now), ANNOTATION_FENCING_TOKEN: token,
-                ANNOTATION_RECENT_UIDS: recent_uids,
+            notes = obj["metadata"].setdefault("annotations", {})
+            notes.update({
+                ANNOTATION_SCHEDULE: marker.name, ANNOTATION_SCHEDULE_UID: marker.uid,
+                ANNOTATION_SCHEDULED_AT: exact_time(marker.scheduled_at),
+                ANNOTATION_APPLIED_AT: rfc3339(marker.applied_at), ANNOTATION_FENCING_TOKEN: token,
             })
-            obj["spec"].update(schedule.spec.updates.as_patch(current))
+            for key, value in marker.notes().items():  # a merge patch: None removes
+                if value is None:
+                    notes.pop(key, None)
+                else:
+                    notes[key] = value
+            obj["spec"].update(fields)
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return self._write(FLAGS, flag, change, "patch_flag_spec")
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from kubernetes.aio.client.exceptions import ApiException
+
 from fake_kube import FakeKube
+from flag_scheduler.forward import after_landing, setter_of
 from flag_scheduler.scheduling.apply import apply_schedule
 from flag_scheduler.scheduling.context import Ctx, StandDown
 from flag_scheduler.scheduling.settle import cancel_schedule
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.scheduling.dispatcher import Dispatcher
-from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Phase
+from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Marker, Phase
 
 NS = "ns"
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -122,31 +126,79 @@ async def test_cancel_fences_the_flag_once_per_term(kube: FakeKube, ctx: Ctx) ->
 
 
 async def test_a_fence_makes_a_patch_prepared_before_it_fail(kube: FakeKube, ctx: Ctx) -> None:
-    """The deposed leader's view: it read the flag, then a new term fenced it; its PATCH is refused."""
+    """The deposed leader read the flag and froze; a new term cancels the schedule (through the real
+    ``cancel_schedule``, which fences); the frozen PATCH then fails its precondition."""
     add_flag(kube, ctx)
     schedule = add_schedule(kube, ctx)
+    new_term = Ctx(kube=kube, book=Book(), settings=Settings(identity="other"), clock=ctx.clock,
+                   fencing_token=lambda: "term-3")
+    real_patch = kube.patch_flag_spec
 
-    def new_leader_cancels() -> None:
-        obj = kube.objects[(FLAGS, NS, "f")]
-        obj["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] = "term-3"
-        obj["metadata"]["resourceVersion"] = "999"
-        kube.objects[(SCHEDULES, NS, "s")]["status"] = {"phase": "Cancelled", "claimedBy": "other"}
-    kube.hooks["patch_flag_spec"] = new_leader_cancels
-    with pytest.raises(StandDown, match="Cancelled"):  # 409, read again, the schedule is finished
+    async def frozen_meanwhile(*args: Any) -> dict:
+        body = kube.objects[(SCHEDULES, NS, "s")]
+        body["spec"]["cancelled"] = True
+        body["metadata"]["generation"] = 2
+        await cancel_schedule(new_term, new_term.book.put_schedule(copy.deepcopy(body)))
+        return await real_patch(*args)
+    kube.patch_flag_spec = frozen_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(StandDown):  # 409, read again: the schedule changed and is finished
         await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Cancelled"
+    assert flag(kube)["spec"]["enabled"] is False
+    assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-3"
+
+
+async def test_a_patch_that_got_no_answer_cannot_commit_after_the_schedule_is_settled(kube: FakeKube, ctx: Ctx) -> None:
+    """The flag already carries this term's token, but this term's own PATCH timed out: it may still
+    commit, so settling Failed must fence anyway."""
+    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-2"})
+    schedule = add_schedule(kube, ctx)
+    in_flight = ctx.book.flag((NS, "f")).ref
+    kube.hooks["patch_flag_spec"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
+    await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Failed"
+    marker = after_landing(Marker(), setter_of(schedule), 1, {"enabled": True}, T0, lambda uid: False)
+    with pytest.raises(ApiException) as late:  # the request without an answer reaches etcd now
+        await kube.patch_flag_spec(in_flight, {"enabled": True}, marker, "term-2")
+    assert late.value.status == 409
     assert flag(kube)["spec"]["enabled"] is False
 
 
-async def test_an_older_schedule_is_superseded(kube: FakeKube, ctx: Ctx) -> None:
+async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube, ctx: Ctx) -> None:
+    """On takeover every suspect is fenced, and a fence that fails is tried again on the next turn
+    instead of being forgotten."""
+    add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
+    ctx.book.suspects[(NS, "f")] = "other"
+    dispatcher = Dispatcher(ctx)
+    kube.hooks["fence_flag"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert (NS, "f") in ctx.book.suspects
+    assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-1"
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-2"
+    assert not ctx.book.suspects
+
+
+async def test_an_older_schedule_is_superseded_field_by_field(kube: FakeKube, ctx: Ctx) -> None:
+    """"eight" arrives after "nine" landed: it sets only the field "nine" did not; "seven" sets none."""
     add_flag(kube, ctx)
     newer = add_schedule(kube, ctx, "nine", T0)
     await apply_schedule(ctx, newer)
-    older = add_schedule(kube, ctx, "eight", T0 - timedelta(hours=1), updates={"rolloutPercentage": 5})
+    older = add_schedule(kube, ctx, "eight", T0 - timedelta(hours=1),
+                         updates={"enabled": False, "rolloutPercentage": 5})
     await apply_schedule(ctx, older)
+    oldest = add_schedule(kube, ctx, "seven", T0 - timedelta(hours=2), updates={"enabled": False})
+    await apply_schedule(ctx, oldest)
     await asyncio.gather(*ctx.background)
-    assert phase(kube, "eight") == "Superseded"
-    assert flag(kube)["spec"]["rolloutPercentage"] == 0
-    assert ("eight", "Warning", "Superseded") in kube.events
+    assert flag(kube)["spec"] == {"enabled": True, "rolloutPercentage": 5}
+    assert phase(kube, "eight") == "Applied"
+    skipped = next(c for c in kube.objects[(SCHEDULES, NS, "eight")]["status"]["conditions"]
+                   if c["type"] == "FieldsSuperseded")
+    assert skipped["status"] == "True" and skipped["message"].startswith("enabled (set by nine")
+    assert phase(kube, "seven") == "Superseded"
+    assert ("seven", "Warning", "Superseded") in kube.events
 
 
 async def test_a_schedule_deleted_before_its_patch_is_not_applied(kube: FakeKube, ctx: Ctx) -> None:

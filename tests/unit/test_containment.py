@@ -47,14 +47,16 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     schedule_body = {"metadata": {"namespace": "ns", "name": "s", "uid": "u"},
                      "spec": {"flagRef": {"name": "f"}, "scheduledAt": "2026-12-01T09:00:00Z",
                               "updates": {"enabled": True}}}
-    from flag_scheduler.models import FlagSchedule
+    from flag_scheduler.models import FlagSchedule, Marker
     schedule = FlagSchedule.from_body(schedule_body)
     now = datetime(2026, 12, 1, tzinfo=UTC)
     public = [name for name, member in inspect.getmembers(Kube)
               if (inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member))
               and not name.startswith("_") and name not in ("connect", "close")]
     await kube.get("flagschedules", "ns", "n")
-    await kube.patch_flag_spec(ref, schedule, "t", now)
+    from flag_scheduler.forward import after_landing, setter_of
+    marker = after_landing(Marker(), setter_of(schedule), 1, {"enabled": True}, now, lambda uid: False)
+    await kube.patch_flag_spec(ref, {"enabled": True}, marker, "t")
     await kube.fence_flag(ref, "t")
     await kube.patch_schedule_status(ref, {})
     await kube.patch_flag_status(ref, {})

@@ -27,7 +27,8 @@ from flag_scheduler.config import Settings
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.scheduling.finished import reject_unreadable
 from flag_scheduler.scheduling.housekeeping import tidy_schedule
-from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule
+from flag_scheduler.forward import after_landing, setter_of
+from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Marker
 
 NS = "ns"
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -203,7 +204,8 @@ async def test_a_throttled_fence_does_not_settle_unfenced(kube: FakeKube, ctx: C
     with contextlib.suppress(Exception):
         await cancel_schedule(ctx, ctx.book.schedule(schedule.ref.uid))
     with contextlib.suppress(ApiException):  # the deposed leader wakes up
-        await kube.patch_flag_spec(seen_by_deposed, schedule, "term-old", T0)
+        landing = after_landing(Marker(), setter_of(schedule), 1, {"enabled": True}, T0, lambda uid: False)
+        await kube.patch_flag_spec(seen_by_deposed, {"enabled": True}, landing, "term-old")
     assert not (phase(kube) == "Cancelled" and flag(kube)["spec"]["enabled"] is True), \
         "Cancelled, yet the flag was changed"
 

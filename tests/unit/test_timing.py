@@ -19,7 +19,6 @@ from flag_scheduler.timing import (
     deadline_missed,
     due_at,
     head_of_line,
-    next_action_at,
     next_retry_at,
     order_key,
     retries_exhausted,
@@ -41,6 +40,7 @@ def make_schedule(
     next_retry: datetime | None = None,
     cancelled: bool = False,
     deadline: int | None = None,
+    generation: int = 1,
 ) -> FlagSchedule:
     """A FlagSchedule parsed from an API-shaped body, as the operator sees it."""
     spec: dict[str, Any] = {
@@ -51,10 +51,11 @@ def make_schedule(
     }
     if deadline is not None:
         spec["startingDeadlineSeconds"] = deadline
-    status: dict[str, Any] = {"phase": phase.value, "retryCount": retry_count}
+    status: dict[str, Any] = {"phase": phase.value, "retryCount": retry_count, "observedGeneration": 1}
     if next_retry is not None:
         status["nextRetryAt"] = next_retry.isoformat()
-    body = {"metadata": {"namespace": "default", "name": name}, "spec": spec, "status": status}
+    body = {"metadata": {"namespace": "default", "name": name, "generation": generation}, "spec": spec,
+            "status": status}
     return FlagSchedule.from_body(body)
 
 
@@ -77,6 +78,12 @@ def make_schedule(
             make_schedule(phase=Phase.RETRYING, retry_count=1, next_retry=T0 - sec(60)),
             T0 - sec(60),
             id="retrying-nextRetryAt-earlier-than-scheduledAt-wins",
+        ),
+        pytest.param(
+            make_schedule(at=T0 + sec(7 * 86400), phase=Phase.RETRYING, retry_count=1, next_retry=T0 + sec(60),
+                          generation=2),
+            T0 + sec(7 * 86400),
+            id="retrying-moved-a-week-ahead-is-due-at-its-new-scheduledAt",
         ),
         pytest.param(
             make_schedule(phase=Phase.RETRYING, retry_count=1), T0, id="retrying-without-nextRetryAt-falls-back"
@@ -287,37 +294,6 @@ def test_head_of_line(schedules: list[FlagSchedule], expected: str | None) -> No
 
 
 NOW = T0 - sec(600)
-
-
-@pytest.mark.parametrize(
-    ("schedules", "expected"),
-    [
-        pytest.param([], None, id="nothing-scheduled"),
-        pytest.param([make_schedule("a", T0, phase=Phase.APPLIED)], None, id="only-terminal"),
-        pytest.param([make_schedule("a", T0 + sec(60)), make_schedule("b", T0)], T0, id="earliest-pending"),
-        pytest.param(
-            [make_schedule("a", T0 + sec(60)), make_schedule("b", T0, cancelled=True)],
-            NOW,
-            id="cancellation-is-now",
-        ),
-        pytest.param(
-            [make_schedule("a", T0, cancelled=True, phase=Phase.CANCELLED), make_schedule("b", T0 + sec(60))],
-            T0 + sec(60),
-            id="already-cancelled-is-not-pending-work",
-        ),
-        pytest.param(
-            [
-                make_schedule("r", T0 - sec(60), phase=Phase.RETRYING, retry_count=1, next_retry=T0 + sec(120)),
-                make_schedule("p", T0),
-            ],
-            T0 + sec(120),
-            id="retrying-head-due-time-not-later-schedule",
-        ),
-        pytest.param([make_schedule("past", T0 - sec(3600))], T0 - sec(3600), id="overdue-head-is-in-the-past"),
-    ],
-)
-def test_next_action_at(schedules: list[FlagSchedule], expected: datetime | None) -> None:
-    assert next_action_at(schedules, NOW) == expected
 
 
 # --- properties -----------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ Every step is safe to re-run after a crash, and fenced against a deposed leader:
    exists with the same uid and generation, is unfinished and still claimed by this replica, and
    checks that its Lease renewal is fresh (``Ctx.is_leader``);
 3. the flag PATCH carries the flag's uid and resourceVersion as preconditions and the *marker* as
-   annotations: the schedule's name, uid and ``scheduledAt``, when it landed, and this leader's
-   *fencing token* (a random token per leadership term). A second attempt sees the marker (the
-   change landed, only the status is missing); a schedule ordered at or before the marker's is
-   ``Superseded`` (forward only); a flag changed meanwhile fails the PATCH with 409;
+   annotations: who set each field (``forward``), the schedules whose change landed while their
+   status does not say so yet (uid -> generation), and this leader's *fencing token* (a random
+   token per leadership term). A second attempt sees its uid awaiting status (the change landed,
+   only the status is missing), on this flag or on the flag it pointed at before an edit; fields
+   set by a schedule ordered at or after this one are left alone, and a schedule with no field
+   left is ``Superseded`` (forward only); a flag changed meanwhile fails the PATCH with 409;
 4. a phase that leaves the flag untouched (Cancelled, Missed, Failed, Superseded) is written only
    after a fresh read of the flag: if the marker names this schedule the change landed and the
    phase is Applied. If the flag's fencing token is not this term's, the leader first writes its
@@ -24,7 +26,7 @@ Status writes carry the schedule's uid and resourceVersion as preconditions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.aio.client.exceptions import ApiException
 
@@ -39,10 +41,17 @@ from flag_scheduler.scheduling.context import (
     read_flag,
     write_status,
 )
+from flag_scheduler.forward import Verdict, after_landing, decide, setter_of
 from flag_scheduler.kube import TRANSPORT_ERRORS, describe
-from flag_scheduler.models import SCHEDULES, FeatureFlag, FlagSchedule
-from flag_scheduler.scheduling.settle import record_applied, record_failure, supersede_schedule
-from flag_scheduler.timing import Verdict, against_marker, due_at
+from flag_scheduler.models import SCHEDULES, FeatureFlagSpec, FlagSchedule
+from flag_scheduler.scheduling.landed import Landing, landed_elsewhere, record_applied
+from flag_scheduler.scheduling.settle import record_failure, refuse_recreated_flag, supersede_schedule
+from flag_scheduler.timing import due_at
+from flag_scheduler.variants import replacing
+
+
+class RecreatedFlag(Exception):
+    """The schedule is owned by a deleted namesake of its flag: never adopted, never applied."""
 
 async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
     """Hold the schedule for this replica (``status.claimedBy``) unless it already does."""
@@ -72,33 +81,35 @@ async def confirm(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
     return fresh
 
 
-@dataclass(frozen=True)
-class Landing:
-    """How a change reached (or did not reach) its flag."""
-
-    flag: FeatureFlag
-    verdict: Verdict  # LANDED: it was there already; GO: this attempt landed it; SUPERSEDED: not applied
-
-
 async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
-    """Make sure the schedule's change is on its flag, exactly once and forward only."""
+    """Make sure the schedule's change is on its flag, exactly once and forward only, field by field."""
+    elsewhere = await landed_elsewhere(ctx, schedule)
+    if elsewhere is not None:
+        return elsewhere
     key = flag_key(schedule)
-    flag = ctx.book.flag(key)
+    flag, fresh = ctx.book.flag(key), False
     for _ in range(CONFLICT_ATTEMPTS):
         if flag is None:
-            flag = await read_flag(ctx, key)
+            flag, fresh = await read_flag(ctx, key), True
             if flag is None:
                 raise ApplyFailure(f"404 NotFound: FeatureFlag {key[1]!r} not found in namespace {key[0]!r}")
-        verdict = against_marker(schedule, flag.marker)
-        if verdict is not Verdict.GO:
-            return Landing(flag, verdict)
+        if schedule.owner_deleted(flag.ref.uid) is not None:
+            if fresh:
+                raise RecreatedFlag()
+            flag = None  # the book may be behind a re-creation: decide on the flag as it is now
+            continue
+        decision = decide(schedule, flag.marker)
+        if decision.verdict is not Verdict.GO:
+            return Landing(flag, decision)
         schedule = await confirm(ctx, schedule)
         if not ctx.is_leader():
             raise StandDown("the leader Lease was not renewed in time")
         failpoints.reach("apply.before-flag-patch")
+        marker = after_landing(flag.marker, setter_of(schedule), schedule.ref.generation, decision.fields,
+                               ctx.clock(), ctx.book.awaits_status)
         try:
             body = await ctx.kube.patch_flag_spec(
-                flag.ref, schedule, ctx.fencing_token(), ctx.clock(), flag.marker.after(schedule.ref.uid), flag.spec
+                flag.ref, replacing_rule(decision.fields, flag.spec), marker, ctx.fencing_token()
             )
         except ApiException as err:
             if err.status == 409:
@@ -106,11 +117,22 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
                 continue
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
+            ctx.unanswered.add(key)  # it may still commit: fence before settling untouched
             raise ApplyFailure(describe(err)) from err
         failpoints.reach("apply.after-flag-patch")
-        return Landing(ctx.book.put_flag(body) or flag, Verdict.GO)
+        return Landing(ctx.book.put_flag(body) or flag, decision)
     raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
 
+
+def replacing_rule(fields: dict[str, Any], current: FeatureFlagSpec) -> dict[str, Any]:
+    """The fields to merge-patch: a new targeting rule replaces the flag's rule whole.
+
+    A merge patch would merge the two rules' objects key by key, so the keys of the current rule
+    that the new one lacks are sent as null (the flag's spec is held to its resourceVersion).
+    """
+    if "targeting" not in fields or current.targeting is None:
+        return fields
+    return {**fields, "targeting": replacing(current.targeting, fields["targeting"])}
 
 
 async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
@@ -123,7 +145,10 @@ async def apply_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
     except ApplyFailure as failure:
         await record_failure(ctx, schedule, str(failure))
         return
-    if landing.verdict is Verdict.SUPERSEDED:
+    except RecreatedFlag:
+        await refuse_recreated_flag(ctx, schedule)
+        return
+    if landing.decision.verdict is Verdict.SUPERSEDED:
         await supersede_schedule(ctx, schedule)
         return
-    await record_applied(ctx, schedule, landing.flag, due)
+    await record_applied(ctx, schedule, landing, due)

@@ -78,6 +78,9 @@ class Book:
         self._finished: dict[str, int] = {}  # uid -> resourceVersion
         self._gone: OrderedDict[str, None] = OrderedDict()
         self.flags: dict[Key, FeatureFlag] = {}
+        # uid -> the flag whose marker says that schedule's change landed and awaits its status:
+        # a schedule pointed at another flag after its change landed is recognised as landed.
+        self._awaiting_on: dict[str, Key] = {}
 
     # Schedules
 
@@ -281,6 +284,7 @@ class Book:
         if held is not None and _version(held.ref.resource_version) >= _version(flag.ref.resource_version):
             return False
         self.flags[key] = flag
+        self._index_awaiting(key, held, flag)
         if (held is None or held.ref.uid != flag.ref.uid) and key in self._queues:
             self._queues[key].retidy(flag)
         return True
@@ -291,12 +295,39 @@ class Book:
         if held is None or held.ref.uid != uid:
             return None
         del self.flags[key]
+        self._index_awaiting(key, held, None)
         if key in self._queues:
             self._queues[key].retidy(None)
         return key
 
     def flag(self, key: Key) -> FeatureFlag | None:
         return self.flags.get(key)
+
+    def _index_awaiting(self, key: Key, old: FeatureFlag | None, new: FeatureFlag | None) -> None:
+        for uid in _awaiting_uids(old):
+            if self._awaiting_on.get(uid) == key:
+                del self._awaiting_on[uid]
+        for uid in _awaiting_uids(new):
+            self._awaiting_on[uid] = key
+
+    def landed_on(self, uid: str) -> Key | None:
+        """The flag whose marker says the schedule with ``uid`` landed there and awaits its status."""
+        return self._awaiting_on.get(uid)
+
+    def awaits_status(self, uid: str) -> bool:
+        """True while a schedule may still need its flag's record that it landed: live and unfinished.
+
+        A schedule this replica never saw (deleted before it started, or not yet seen) counts as
+        finished; one seen unreadable still waits.
+        """
+        return uid in self._live or uid in self.unreadable
+
+
+def _awaiting_uids(flag: FeatureFlag | None) -> list[str]:
+    if flag is None:
+        return []
+    marker = flag.marker
+    return [*marker.awaiting, *marker.recent, *([marker.uid] if marker.uid else [])]
 
 
 def _first_error(err: Exception) -> str:

@@ -61,6 +61,9 @@ class Ctx:
     # Why due schedules must not be applied now (the admission policies are not in force), or None.
     holding: Callable[[], str | None] = lambda: None
     background: set[asyncio.Task] = field(default_factory=set)
+    # Flags whose PATCH by this replica got no answer (a timeout): it may still commit, so the next
+    # fence of the flag writes even if the flag already carries this term's token.
+    unanswered: set[tuple[str, str]] = field(default_factory=set)
     _event_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_POSTS))
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:
@@ -96,7 +99,8 @@ StatusBuilder = Callable[[FlagSchedule], dict[str, Any]]
 
 
 async def write_status(
-    ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any] | StatusBuilder, steal: bool = False
+    ctx: Ctx, schedule: FlagSchedule, new_status: dict[str, Any] | StatusBuilder, steal: bool = False,
+    same_spec: bool = False,
 ) -> FlagSchedule | None:
     """Write the schedule's status; on a conflict read it again and write again unless it became terminal.
 
@@ -104,7 +108,10 @@ async def write_status(
     fresh copy after a conflict so that nothing it carries over (conditions, counts) is stale.
     Returns the schedule as written, or None if nothing was written: it is gone (deleted, or
     re-created: another uid is another schedule) or already terminal. A conflict that shows another
-    replica's claim stands down, except for a claim (``steal``).
+    replica's claim stands down, except for a claim (``steal``). ``same_spec``: the status is an
+    outcome decided for the spec as read (Retrying, Cancelled, Missed, Failed, Superseded); if the
+    fresh copy has another generation (the user moved, cancelled or re-pointed it meanwhile), stand
+    down instead of writing that outcome onto a spec it was not decided for.
     """
     build = new_status if callable(new_status) else (lambda _: new_status)
     for _ in range(CONFLICT_ATTEMPTS):
@@ -119,9 +126,12 @@ async def write_status(
             if fresh is None or fresh["metadata"].get("uid") != schedule.ref.uid:
                 ctx.book.drop_schedule(schedule.ref.uid)
                 return None
+            generation = schedule.ref.generation
             schedule = ctx.book.put_schedule(fresh) or schedule
             if schedule.status.phase.terminal:
                 return None
+            if same_spec and schedule.ref.generation != generation:
+                raise StandDown("the schedule's spec changed; it is planned again")
             if not steal and schedule.status.claimed_by not in (None, ctx.settings.identity):
                 raise StandDown(f"the schedule was claimed by {schedule.status.claimed_by}")
             continue

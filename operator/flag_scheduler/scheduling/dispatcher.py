@@ -31,7 +31,8 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.apply import apply_schedule
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
-from flag_scheduler.scheduling.settle import cancel_schedule, fence, miss_schedule
+from flag_scheduler.scheduling.landed import fence
+from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
 from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
 from flag_scheduler.scheduling.book import Key
 from flag_scheduler.scheduling.housekeeping import tidy_schedule
@@ -73,6 +74,7 @@ class Dispatcher:
         self._tries: dict[str, int] = {}
         self._held: set[Key] = set()
         self._told: set[str] = set()
+        self._fencing: set[Key] = set()
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -154,10 +156,14 @@ class Dispatcher:
     def _end_of_life(self, now: datetime) -> None:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
         book, me = self.ctx.book, self.ctx.settings.identity
-        while book.suspects:
-            key, claimant = book.suspects.popitem(last=False)
-            if claimant != me:  # a claim of this replica's cannot be in a deposed leader's hands
-                self._spawn(fence(self.ctx, key), "fence")
+        # A suspect leaves only once fenced (a failed fence is tried again on the next turn). A claim
+        # of this replica's needs none: its own work re-reads the schedule before the PATCH.
+        for key, claimant in list(book.suspects.items()):
+            if claimant == me:
+                book.suspects.pop(key, None)
+            elif key not in self._fencing:
+                self._fencing.add(key)
+                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
         for expiry in book.pop_expired(now):
             self._spawn(delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
@@ -165,6 +171,11 @@ class Dispatcher:
                 self._rejecting.add(uid)
                 self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u),
                             lambda u=uid: self._later(u, now))
+
+    async def _fence_suspect(self, key: Key) -> None:
+        """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
+        await fence(self.ctx, key)
+        self.ctx.book.suspects.pop(key, None)
 
     def _later(self, uid: str, now: datetime) -> None:
         """An unreadable schedule could not be marked Failed: try again later, backing off."""

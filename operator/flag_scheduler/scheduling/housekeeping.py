@@ -7,8 +7,11 @@ Claiming here, not at the due time, keeps the due-time path to the flag patch an
 
 The owner is the flag's uid as read from the API server just before, not as the book remembers it:
 a flag deleted and re-created a moment ago must not hand its new schedules to the garbage
-collector through the old uid. A FeatureFlag owner with another uid (a deleted namesake) is
-replaced by the current flag.
+collector through the old uid. A schedule still owned by a deleted namesake of its flag (same
+name, another uid) is never adopted: it belonged to the old flag, the garbage collector deletes
+it, and meanwhile it is Failed (``FlagRecreated``) so it neither changes nor holds up the new flag.
+A schedule without a FeatureFlag owner, or owned by the flag it named before being re-pointed,
+is owned by its flag now.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler.scheduling import status
 from flag_scheduler.scheduling.context import Ctx, write_status
+from flag_scheduler.scheduling.settle import refuse_recreated_flag
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import FLAGS, GROUP, SCHEDULES, VERSION, FeatureFlag, FlagSchedule
@@ -44,6 +48,9 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
             return  # deleted meanwhile: planned again as a schedule without its flag
         if schedule.owned_by(flag.ref.uid):
             return  # the book was behind; planned again with the flag as it is
+        if schedule.owner_deleted(flag.ref.uid) is not None:
+            await refuse_recreated_flag(ctx, schedule)
+            return
         owners = [
             *(o for o in schedule.owner_references if o.get("kind") != "FeatureFlag"),
             {

@@ -1,84 +1,26 @@
-"""The outcomes of a schedule's work: Applied, Retrying, and the final phases that leave the flag untouched.
+"""The outcomes of a schedule's work: Retrying, and the final phases that leave the flag untouched.
 
 A phase that leaves the flag untouched (Cancelled, Missed, Failed, Superseded) is written only
-after ``fence``: a fresh read of the flag (if its marker shows the change landed, the schedule is
-Applied instead) and, if the flag does not carry this leader term's fencing token yet, a write of
-the token preconditioned on the version just read, so a deposed leader's PATCH prepared earlier
-fails (see ``apply.py``).
+after ``fence``: a fresh read of the flag (if its marker shows the change landed, here or on the
+flag the schedule named before, the schedule is Applied instead) and, if the flag does not carry
+this leader term's fencing token yet, a write of the token preconditioned on the version just
+read, so a deposed leader's PATCH prepared earlier fails (see ``apply.py``). These phases, and
+Retrying, are decided for one generation of the spec: if the spec changed meanwhile nothing is
+written and the schedule is planned again (``write_status(same_spec=True)``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from kubernetes.aio.client.exceptions import ApiException
-
-from flag_scheduler import metrics
+from flag_scheduler import failpoints, metrics
+from flag_scheduler.forward import Decision, Verdict, decide, describe_skipped
+from flag_scheduler.models import FlagSchedule, Phase, rfc3339
 from flag_scheduler.scheduling import status
 from flag_scheduler.scheduling.book import flag_key
-from flag_scheduler.scheduling.context import (
-    CONFLICT_ATTEMPTS,
-    ApplyFailure,
-    Ctx,
-    StandDown,
-    log_for,
-    read_flag,
-    write_status,
-)
-from flag_scheduler.kube import TRANSPORT_ERRORS, describe
-from flag_scheduler.logs import get_logger
-from flag_scheduler.models import FeatureFlag, FlagSchedule, Phase, rfc3339
-from flag_scheduler.timing import Verdict, against_marker, next_retry_at, retries_exhausted
-
-async def record_applied(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag, due: datetime | None) -> None:
-    """The change is on the flag: Applied, with the time it landed (from the marker)."""
-    now = ctx.clock()
-    landed = (flag.marker.applied_at if flag.marker.uid == schedule.ref.uid else None) or now
-    new = lambda fresh: status.schedule_status(  # noqa: E731
-        fresh, now, Phase.APPLIED, "Applied", f"FeatureFlag {flag.ref.name} updated",
-        appliedAt=rfc3339(landed), lastError=None,
-    )
-    if await write_status(ctx, schedule, new) is None:
-        return
-    metrics.APPLIED.inc()
-    ctx.event(schedule, "Normal", "Applied", f"Applied to FeatureFlag {flag.ref.name}: {schedule.spec.updates.as_patch()}")
-    lateness = None if due is None else round((landed - due).total_seconds(), 3)
-    if lateness is not None:
-        metrics.LATENESS.observe(max(0.0, lateness))
-    log_for(schedule).info("schedule.applied", attempt=schedule.status.retry_count + 1, lateness_s=lateness)
-
-
-async def fence(ctx: Ctx, key: tuple[str, str], landed_uid: str = "") -> FeatureFlag | None:
-    """Read the flag fresh and make sure it carries this term's fencing token (see the module docstring).
-
-    No write if the flag is gone, already carries the token, or shows that ``landed_uid`` landed.
-    """
-    for _ in range(CONFLICT_ATTEMPTS):
-        flag = await read_flag(ctx, key)
-        if flag is None:
-            return None  # nothing to land on; a PATCH prepared for an older flag fails its uid precondition
-        token = ctx.fencing_token()
-        if flag.marker.landed(landed_uid) or flag.marker.fencing_token == token:
-            return flag
-        if not ctx.is_leader():
-            raise StandDown("the leader Lease was not renewed in time")
-        try:
-            body = await ctx.kube.fence_flag(flag.ref, token)
-        except ApiException as err:
-            if err.status in (404, 409):
-                continue
-            if 400 <= err.status < 500 and err.status not in (408, 429):
-                # The flag refuses writes (a policy freezing it is the usual reason a schedule
-                # Failed): a deposed leader's PATCH is refused the same way, so settle unfenced.
-                get_logger(namespace=key[0], flag=key[1]).warning("flag.fence_refused", error=describe(err))
-                return flag
-            raise ApplyFailure(describe(err)) from err
-        except TRANSPORT_ERRORS as err:
-            raise ApplyFailure(describe(err)) from err
-        return ctx.book.put_flag(body) or flag
-    raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
-
+from flag_scheduler.scheduling.context import ApplyFailure, Ctx, StandDown, log_for, write_status
+from flag_scheduler.scheduling.landed import Landing, fence, landed_elsewhere, record_applied
+from flag_scheduler.timing import next_retry_at, retries_exhausted
 
 async def settle_untouched(
     ctx: Ctx, schedule: FlagSchedule, phase: Phase, reason: str = "", message: str = "", **fields: Any
@@ -88,26 +30,31 @@ async def settle_untouched(
     Returns True if ``phase`` was written; False if the schedule turned out Applied, gone, or (for
     Superseded) no longer superseded, in which case it is planned again.
     """
+    landing = await landed_elsewhere(ctx, schedule)
     flag = await fence(ctx, flag_key(schedule), schedule.ref.uid)
-    if flag is not None and flag.marker.landed(schedule.ref.uid):
-        log_for(schedule).warning("schedule.landed_before", instead_of=phase.value)
-        await record_applied(ctx, schedule, flag, None)
+    if landing is None and flag is not None and flag.marker.landed(schedule.ref.uid):
+        landing = Landing(flag, Decision(Verdict.LANDED, landing=flag.marker.landing(schedule.ref.uid)))
+    if landing is not None:
+        log_for(schedule).warning("schedule.landed_before", instead_of=phase.value, flag_changed=landing.flag.ref.name)
+        await record_applied(ctx, schedule, landing, None)
         return False
     if phase is Phase.SUPERSEDED:
         if flag is None:
             raise ApplyFailure(f"404 NotFound: FeatureFlag {schedule.spec.flag_ref.name!r} no longer exists")
-        if against_marker(schedule, flag.marker) is not Verdict.SUPERSEDED:
+        decision = decide(schedule, flag.marker)
+        if decision.verdict is not Verdict.SUPERSEDED:
             raise StandDown("the flag changed; the schedule is planned again")
         reason = "Superseded"
         message = (
-            f"FeatureFlag {flag.ref.name} was last changed by {flag.marker.name} (uid {flag.marker.uid}, "
-            f"scheduledAt {rfc3339(flag.marker.scheduled_at)}), which is not older than this schedule; "
-            "applying it would move the flag backwards, so the flag was not changed"
+            f"every field it sets was set on FeatureFlag {flag.ref.name} by a schedule due at or after it: "
+            f"{describe_skipped(decision.skipped)}; applying it would move the flag backwards, so the flag "
+            "was not changed"
         )
+    failpoints.reach("settle.before-status")
     now = ctx.clock()
     written = await write_status(ctx, schedule, lambda fresh: status.schedule_status(
         fresh, now, phase, reason, message, **fields,
-    ))
+    ), same_spec=True)
     return written is not None
 
 
@@ -124,10 +71,12 @@ async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
             log.error("schedule.failed", retry_count=count)
         return
     when = next_retry_at(now, count + 1, limits, ctx.jitter())
-    await write_status(ctx, schedule, lambda fresh: status.schedule_status(
+    written = await write_status(ctx, schedule, lambda fresh: status.schedule_status(
         fresh, now, Phase.RETRYING, "Retrying", error,
         retryCount=count + 1, nextRetryAt=rfc3339(when), lastError=error,
-    ))
+    ), same_spec=True)
+    if written is None:
+        return
     metrics.RETRIED.inc()
     ctx.event(schedule, "Warning", "Retrying", f"Attempt {count + 1} failed, retry {count + 1} at {rfc3339(when)}: {error}")
     log.warning("schedule.retrying", retry_count=count + 1, next_retry_at=rfc3339(when))
@@ -136,12 +85,12 @@ async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:
 async def supersede_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
     """Record Superseded (see ``settle_untouched``), with a Warning Event naming the newer schedule."""
     if await settle_untouched(ctx, schedule, Phase.SUPERSEDED):
-        written = ctx.book.flag(flag_key(schedule))
-        newer = written.marker.name if written is not None else "a newer schedule"
+        flag = ctx.book.flag(flag_key(schedule))
+        newer = describe_skipped(decide(schedule, flag.marker).skipped) if flag is not None else "a newer schedule"
         metrics.SUPERSEDED.inc()
         ctx.event(schedule, "Warning", "Superseded",
-                  f"Not applied: FeatureFlag {schedule.spec.flag_ref.name} was already changed by {newer}, "
-                  "which is due at or after this schedule")
+                  f"Not applied: every field it sets on FeatureFlag {schedule.spec.flag_ref.name} was already "
+                  f"set by a schedule due at or after it: {newer}")
         log_for(schedule).warning("schedule.superseded", newer=newer)
 
 
@@ -164,3 +113,20 @@ async def miss_schedule(ctx: Ctx, schedule: FlagSchedule) -> None:
         metrics.MISSED.inc()
         ctx.event(schedule, "Warning", "Missed", message)
         log_for(schedule).warning("schedule.missed", late_s=late)
+
+
+async def refuse_recreated_flag(ctx: Ctx, schedule: FlagSchedule) -> None:
+    """A schedule owned by a deleted namesake of its flag: Failed, never applied to the re-created flag.
+
+    The garbage collector deletes it (its owner is gone); until then it must neither change the new
+    flag nor hold up the new flag's own schedules, hence a terminal phase rather than waiting.
+    """
+    flag = ctx.book.flag(flag_key(schedule))
+    old = schedule.owner_deleted(flag.ref.uid if flag is not None else "")
+    message = (f"owned by FeatureFlag {schedule.spec.flag_ref.name} uid {old}, which was deleted; the flag of "
+               "that name now is another object, so this schedule is not applied to it (the garbage collector "
+               "deletes it)")
+    if await settle_untouched(ctx, schedule, Phase.FAILED, "FlagRecreated", message, lastError=message):
+        metrics.FAILED.inc()
+        ctx.event(schedule, "Warning", "FlagRecreated", message)
+        log_for(schedule).warning("schedule.flag_recreated", old_uid=old)

@@ -40,10 +40,15 @@ def schedule_status(
     phase: Phase,
     reason: str,
     message: str,
+    generation: int | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """The schedule's status for ``phase``, the ``Applied`` condition saying why."""
-    gen = schedule.ref.generation
+    """The schedule's status for ``phase``, the ``Applied`` condition saying why.
+
+    ``generation`` is the spec's generation the outcome is about (by default the one read): an
+    Applied status names the generation that landed, even if the spec changed since.
+    """
+    gen = schedule.ref.generation if generation is None else generation
     applied = condition(schedule.status.conditions, APPLIED, phase is Phase.APPLIED, reason, message, gen, now)
     status = {
         "phase": phase.value,
@@ -56,6 +61,16 @@ def schedule_status(
         status["finishedAt"] = rfc3339(now)  # when ttlSecondsAfterFinished starts counting
     status.update(fields)
     return status
+
+
+def with_condition(
+    new: dict[str, Any], schedule: FlagSchedule, type_: str, value: bool, reason: str, message: str,
+    generation: int, now: datetime,
+) -> dict[str, Any]:
+    """``new`` (a status built above) with one more condition of ``type_``."""
+    cond = condition(schedule.status.conditions, type_, value, reason, message, generation, now)
+    conditions = [c for c in new["conditions"] if c["type"] != type_]
+    return {**new, "conditions": [*conditions, cond]}
 
 
 def flag_found_status(schedule: FlagSchedule, found: bool, message: str, now: datetime) -> dict[str, Any]:

@@ -21,6 +21,16 @@ local function applied_condition()
   return nil, nil
 end
 
+-- A condition of the given type that is True: its message (or "" if it has none), else nil.
+local function true_condition(type_)
+  for _, c in ipairs(status.conditions or {}) do
+    if c.type == type_ and c.status == "True" then
+      return c.message or ""
+    end
+  end
+  return nil
+end
+
 local function settled(p)
   return p == "Applied" or p == "Failed" or p == "Cancelled" or p == "Missed" or p == "Superseded"
 end
@@ -55,11 +65,19 @@ elseif phase == "Retrying" then
   hs.status = "Degraded"
   hs.message = "Attempt " .. tostring(status.retryCount or "?") .. " failed, next retry at " ..
     tostring(status.nextRetryAt or "?") .. ": " .. tostring(status.lastError or detail or "no error recorded")
+elseif phase == "Applied" and true_condition("SpecChangedAfterApply") ~= nil then
+  -- The spec in Git changed after an earlier generation landed: what Git says never landed.
+  hs.status = "Degraded"
+  hs.message = "SpecChangedAfterApply: " .. true_condition("SpecChangedAfterApply")
 elseif phase == "Applied" then
   hs.status = "Healthy"
   hs.message = "Applied to FeatureFlag " .. flag
   if status.appliedAt ~= nil then
     hs.message = hs.message .. " at " .. status.appliedAt
+  end
+  local skipped = true_condition("FieldsSuperseded")
+  if skipped ~= nil then
+    hs.message = hs.message .. "; not set, a later schedule set them: " .. skipped
   end
 elseif phase == "Cancelled" then
   hs.status = "Healthy"
