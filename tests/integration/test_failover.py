@@ -27,7 +27,7 @@ from conftest import REPO, Kubectl, install
 from controlplane import ControlPlane, free_port
 from operator_harness import Cluster, OperatorProcess, in_seconds, parse_time, scrape_metrics, wait_for
 
-from .conftest import service_account_kubeconfig
+from .conftest import TEST_LEASES, service_account_kubeconfig
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_USER = "system:serviceaccount:flag-scheduler-system:flag-scheduler"
@@ -265,6 +265,7 @@ def own_control_plane() -> Iterator[tuple[ControlPlane, Path]]:
     with ControlPlane(fsync=False) as cp:
         kubectl = Kubectl(cp)
         install(kubectl, REPO / "manifests" / "default")
+        kubectl("apply", "--server-side", "-f", "-", input=TEST_LEASES)  # the replicas elect under their own Lease name
         yield cp, service_account_kubeconfig(cp, kubectl)
 
 

@@ -32,8 +32,13 @@ async def tidy_schedule(ctx: Ctx, schedule: FlagSchedule, flag: FeatureFlag | No
     log = get_logger(flag=schedule.spec.flag_ref.name, schedule=schedule.ref.name, namespace=schedule.ref.namespace)
     now = ctx.clock()
     claim = {} if schedule.status.claimed_by is not None else {"claimedBy": ctx.settings.identity}
+    not_found_yet = next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) != "False"
+    if flag is None and not_found_yet:
+        # The book may be behind: two watches, so a flag created just before its schedule can be
+        # seen after it. A read (not a write) keeps a false FlagNotFound and its Event away.
+        flag = await _current_flag(ctx, schedule)
     if flag is None:
-        if next((c.status for c in schedule.status.conditions if c.type == FLAG_FOUND), None) == "False":
+        if not not_found_yet:
             await write_status(ctx, schedule, claim)
             return
         message = f"FeatureFlag {schedule.spec.flag_ref.name!r} does not exist in namespace {schedule.ref.namespace!r}"
