@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+# The tests start operator processes (subprocess with a preexec_fn, so fork) while OpenFeature SDK
+# clients run gRPC in this process. gRPC's fork handlers then start a poller in the child, which
+# aborts (SIGABRT, "epoll_wait error: Bad file descriptor") when the fds are closed before exec:
+# seen once as a flag server that "exited with -6" at start. Nothing here uses gRPC across a fork.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+import pytest  # noqa: E402
 from hypothesis import settings
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
