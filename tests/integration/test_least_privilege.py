@@ -18,7 +18,7 @@ import pytest
 from conftest import Kubectl
 from operator_harness import wait_for
 
-from .conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
+from .conftest import FLAG_SERVER_SERVICE_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 
 EXPECTED = Path(__file__).parent / "expected"
 ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
@@ -27,9 +27,9 @@ WITH_TESTS_OWN = ("leases.coordination.k8s.io", "[]", "[]", "[create get update]
 SHIPPED = ("leases.coordination.k8s.io", "[]", "[]", "[create]")
 
 
-def can_i_list(kubectl: Kubectl, namespace: str) -> list[tuple[str, ...]]:
+def can_i_list(kubectl: Kubectl, namespace: str, account: str = ACCOUNT) -> list[tuple[str, ...]]:
     """The rows of ``kubectl auth can-i --list`` (resource, non-resource URLs, names, verbs), sorted."""
-    out = kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={ACCOUNT}").stdout
+    out = kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={account}").stdout
     rows = []
     for line in out.splitlines()[1:]:
         resource, rest = line.split(maxsplit=1) if not line.startswith(" ") else ("", line)
@@ -75,3 +75,16 @@ def test_the_operator_may_do_only_what_is_listed(
     with contextlib.suppress(AssertionError):
         wait_for(lambda: rows() == want, 15, interval=0.5, what="the shipped rights to be in force")
     assert rows() == want
+
+
+@pytest.mark.parametrize("where", ["watched-namespace", "operator-namespace"])
+def test_the_flag_server_may_only_read_flags(
+    kubectl: Kubectl, namespace: str, operator_manifests: None, where: str
+) -> None:
+    account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{FLAG_SERVER_SERVICE_ACCOUNT}"
+    ns = namespace if where == "watched-namespace" else OPERATOR_NAMESPACE
+    want = expected("flag-server-can-i.tsv")
+    # The RBAC authorizer's cache lags a moment behind bindings this run's first apply just wrote.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: can_i_list(kubectl, ns, account) == want, 15, interval=0.5, what="the shipped rights")
+    assert can_i_list(kubectl, ns, account) == want
