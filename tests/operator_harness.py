@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
+import zygote
 from controlplane import ControlPlane, _die_with_parent
 
 GROUP, VERSION = "flagscheduler.dev", "v1alpha1"
@@ -82,16 +83,19 @@ class OperatorProcess:
             "FLAG_SCHEDULER_MAX_BACKOFF_SECONDS": "2",
             **env,
         }
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | zygote.ForkedProcess | None = None
 
     def start(self, timeout: float = 30.0) -> OperatorProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flag_scheduler", *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-        )
-        out.close()
+        if zygote.enabled():  # forked from a process that has the imports done (tests/zygote.py)
+            self.proc = zygote.Zygote.spawn(list(self.args), self.env, self.log_path)
+        else:
+            out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flag_scheduler", *self.args], env=self.env, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
+            out.close()
         RUNNING.add(self)
         try:
             wait_for(lambda: self.started_event in self.log_path.read_text()[offset:] or self._died(), timeout,
