@@ -107,6 +107,26 @@ def _reap(status_dir: Path) -> None:
         tmp.rename(status_dir / str(pid))
 
 
+def _reread_settings_read_at_import() -> None:
+    """Give the few settings that libraries read from the environment at import the test's values.
+
+    The Kubernetes client takes its default kubeconfig from ``KUBECONFIG`` at import (in the module
+    and again in the package that re-exports it); structlog its colour switches. Found with a grep
+    of the preloaded packages for module-level environment reads; a new one shows up as an
+    operator that ignores a test's setting.
+    """
+    kubeconfig = os.environ.get("KUBECONFIG")
+    for name, home in (("kubernetes.config", "~/.kube/config"),
+                       ("kubernetes.aio.config", (Path.home() / ".kube/config").as_posix())):
+        for module in (sys.modules.get(name), sys.modules.get(f"{name}.kube_config")):
+            if module is not None:
+                module.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig or home  # type: ignore[attr-defined]
+    colours = sys.modules.get("structlog._config")
+    if colours is not None:
+        colours._no_colors = os.environ.get("NO_COLOR", "") != ""  # type: ignore[attr-defined]
+        colours._force_colors = os.environ.get("FORCE_COLOR", "") != ""  # type: ignore[attr-defined]
+
+
 def _run_child(request: dict[str, Any]) -> None:
     """In the fork: become ``python -m flag_scheduler <args>`` and exit with its status."""
     code: int = 0
@@ -124,6 +144,7 @@ def _run_child(request: dict[str, Any]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = ["flag_scheduler", *request["args"]]
+        _reread_settings_read_at_import()
         from flag_scheduler.__main__ import main
 
         main()
@@ -211,6 +232,7 @@ class Zygote:
     @classmethod
     def spawn(cls, args: list[str], env: dict[str, str], log: Path) -> ForkedProcess:
         """Fork ``flag_scheduler <args>`` with ``env``, its output appended to ``log``."""
+        log.touch()  # there when spawn returns, as a file Popen's caller opened would be
         with cls._lock:
             if cls._instance is None or cls._instance.proc.poll() is not None:
                 cls._instance = cls()

@@ -43,5 +43,9 @@ def configure_logging(log_format: str, level: str = "info") -> None:
 
 
 def get_logger(**bound: object) -> structlog.stdlib.BoundLogger:
-    """A structlog logger with keys bound (``flag``, ``schedule``, ...)."""
-    return structlog.get_logger("flag_scheduler").bind(**bound)
+    """A structlog logger with keys bound (``flag``, ``schedule``, ...).
+
+    Lazy: it takes the configuration in force when it first logs, so a module-level logger made
+    at import, before ``configure_logging`` ran, still renders as configured.
+    """
+    return structlog.get_logger("flag_scheduler", **bound)
