@@ -35,7 +35,7 @@ clients: venv ## Install the JS, Java and browser SDK clients the tests run (npm
 
 test: venv binaries clients ## Run the Argo CD Lua cases, then unit and integration tests (in parallel) against the real local control plane
 	@$(MAKE) --no-print-directory argocd-lua
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --durations=10
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --maxschedchunk=1 --durations=10
 
 argocd-lua: ## Run argocd/'s health checks and actions on gopher-lua as Argo CD does (every *_test.yaml case)
 	cd hack/argocd && go test ./... && go build -o ../../$(ARGOCD_LUA) .

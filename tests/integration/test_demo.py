@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.long
 def test_the_demo_shows_an_sdk_client_seeing_the_scheduled_change() -> None:
     proc = subprocess.run([sys.executable, str(REPO / "hack" / "demo.py")], capture_output=True, text=True,
                           timeout=180, env={**os.environ, "CI": "true"}, stdin=subprocess.DEVNULL)

@@ -97,6 +97,7 @@ def test_a_recreated_schedule_that_already_landed_does_not_land_again(
 # 2. Terminal phases tell the truth.
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("late_outcome", ["Cancelled", "Missed"])
 def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], late_outcome: str

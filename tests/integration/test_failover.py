@@ -162,6 +162,7 @@ def assert_exactly_once(cluster: Cluster, per_flag: dict[str, list]) -> dict[str
     return {"doubled": doubled, "lost": lost, "in_flight_at_kill": len(flag_patches(cluster, (504,)))}
 
 
+@pytest.mark.long
 def test_leader_killed_every_five_seconds_applies_each_schedule_exactly_once(
     cluster: Cluster, replicas: Replicas, api_client: k8s.ApiClient
 ) -> None:
@@ -269,6 +270,7 @@ def own_control_plane() -> Iterator[tuple[ControlPlane, Path]]:
         yield cp, service_account_kubeconfig(cp, kubectl)
 
 
+@pytest.mark.long
 def test_apiserver_restart_mid_run_recovers_without_loss_or_double(
     own_control_plane: tuple[ControlPlane, Path], tmp_path: Path
 ) -> None:

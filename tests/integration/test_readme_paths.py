@@ -121,6 +121,7 @@ def readme_manifest(due: datetime) -> str:
     return re.sub(r'scheduledAt: "[^"]+"', f'scheduledAt: "{due:%Y-%m-%dT%H:%M:%SZ}"', block)
 
 
+@pytest.mark.long
 def test_a_new_user_runs_the_readme_commands_against_a_fresh_cluster(local_cluster: LocalCluster) -> None:
     c = local_cluster
     c.up()

@@ -102,6 +102,7 @@ def test_a_window_opens_at_its_start_and_closes_at_its_end(
     assert status.get("missedEdges", 0) == 0
 
 
+@pytest.mark.long
 def test_an_operator_down_across_edges_applies_only_the_latest_and_counts_the_missed_one(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess]
 ) -> None:

@@ -142,6 +142,7 @@ def assert_agreement_table(answered: dict[str, dict[str, str]], truth: dict[str,
     assert all(js_vs_java.values()), "the JS and Java in-process providers bucket differently from each other too"
 
 
+@pytest.mark.long
 def test_js_java_and_browser_clients_see_the_flags_agree_as_documented_and_see_a_scheduled_change(
     clients: None, cluster: Cluster, start_operator: Callable[..., OperatorProcess], page: PageServer,
     tmp_path: Path,
