@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving clean
+.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving bench-handover clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -86,11 +86,12 @@ run: venv ## Run the scheduler and the flag server against the cluster in $$KUBE
 	trap 'kill $$server 2> /dev/null; wait $$server' EXIT; \
 	$(VENV)/bin/flag-scheduler
 
-bench: venv binaries clients ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation (Python, JS, Java), serving and cron phases
+bench: venv binaries clients ## Run the benchmarks (QUICK=1 for a short run), then the scale, propagation (Python, JS, Java), hand-over, serving and cron phases
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 	$(PY) bench/scale.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
+	$(PY) bench/handover.py $(if $(QUICK),--quick,)
 	$(PY) bench/serving.py $(if $(QUICK),--quick,)
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)
 
@@ -103,6 +104,9 @@ bench-scale: venv binaries ## Only the scale phase: long history and one long qu
 bench-propagation: venv binaries clients ## Only propagation: scheduledAt to 1 and 100 SDK clients, flagd sync and OFREP; 100 JS and 100 Java providers
 	$(PY) bench/propagation.py $(if $(QUICK),--quick,)
 	$(PY) bench/propagation_runtimes.py $(if $(QUICK),--quick,)
+
+bench-handover: venv binaries clients ## Only the hand-over: a flag server replaced under connected Python, JS and Java providers (default settings)
+	$(PY) bench/handover.py $(if $(QUICK),--quick,)
 
 bench-cron: venv binaries ## Only recurring windows: 1,000 FlagCronSchedules whose edges fall at the same minute
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)

@@ -1,12 +1,12 @@
 """Propagation to the JS and Java SDKs: from ``scheduledAt`` until 100 in-process providers saw it.
 
 ``python bench/propagation_runtimes.py [--quick]``: quick figures beside ``bench/propagation.py``
-(whose phases and figures it reuses). One control plane, one operator serving flagd sync, and per
-runtime one client process (``tests/clients/<runtime>/watch.mjs`` / ``Watch.java``) holding
-``clients`` in-process flagd providers, each its own OpenFeature domain, with default settings.
-A schedule's figure is the time until all of them saw its value; schedules are 0.5 s apart (20 flags,
-so each flag changes every 10 s). Writes
-``bench/results/propagation_runtimes.json`` with ``propagation_js_p99_s`` and
+(whose phases and figures it reuses). One control plane, the scheduler and the flag server
+(serving flagd sync) as two processes, and per runtime one client process
+(``tests/clients/<runtime>/watch.mjs`` / ``Watch.java``) holding ``clients`` in-process flagd
+providers, each its own OpenFeature domain, with default settings. A schedule's figure is the time
+until all of them saw its value; schedules are 0.5 s apart (20 flags, so each flag changes every
+10 s). Writes ``bench/results/propagation_runtimes.json`` with ``propagation_js_p99_s`` and
 ``propagation_java_p99_s``.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from cluster import Cluster, ControlPlane, OperatorProcess, flag_body  # noqa: E402
+from cluster import Cluster, ControlPlane, FlagServerProcess, OperatorProcess, flag_body  # noqa: E402
 from clients.install import JAVA, JS, install_all, java_classpath  # noqa: E402
 from controlplane import free_port  # noqa: E402
 from propagation import RESULTS, Sizes, create_schedules, figures, say, wait_all_seen  # noqa: E402
@@ -100,15 +100,20 @@ async def run_phases(cp: ControlPlane, sizes: Sizes, log_dir: Path) -> dict[str,
     os.environ.update(FLAG_SCHEDULER_SYNC_PORT=str(sync_port), FLAG_SCHEDULER_OFREP_PORT="0",
                       FLAG_SCHEDULER_SERVE_ADDRESS="127.0.0.1")
     operator = OperatorProcess(cluster, log_dir / "propagation-runtimes-operator.log")
+    flag_server = FlagServerProcess(cluster, log_dir / "propagation-runtimes-flag-server.log")
     out: dict[str, Any] = {}
     try:
-        for runtime in ("js", "java"):
-            await cluster.create_namespace(f"prop-{runtime}-{CLIENTS}")
-        await asyncio.to_thread(operator.start, [f"prop-{r}-{CLIENTS}" for r in ("js", "java")])
+        namespaces = [f"prop-{r}-{CLIENTS}" for r in ("js", "java")]
+        for namespace in namespaces:
+            await cluster.create_namespace(namespace)
+        await asyncio.to_thread(operator.start, namespaces)
+        # The scheduler serves no flags since the flag server became its own workload.
+        await asyncio.to_thread(flag_server.start, namespaces)
         for runtime in ("js", "java"):
             say(f"propagation: {runtime}, {CLIENTS} in-process providers, {sizes.schedules} schedules")
             out[runtime] = await phase(cluster, sync_port, runtime, sizes, log_dir)
     finally:
+        flag_server.stop()
         operator.stop()
         await cluster.close()
     return out

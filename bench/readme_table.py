@@ -78,6 +78,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("seed cron: lateness p99 / burst 10k (computed from the batch cost and the 60 s period)",
          f"{_n(r['seed_lateness_p99_s'], 0)} s / {_n(r['seed_burst_10k_s'], 0)} s", ""),
         *_scale_rows(r),
+        *_handover_rows(r),
     ]
 
 
@@ -100,6 +101,26 @@ def _scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+PROVIDERS = {"python": "openfeature-provider-flagd", "js": "@openfeature/flagd-provider",
+             "java": "dev.openfeature.contrib.providers:flagd"}
+
+
+def _handover_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The hand-over phase (``bench/handover.py``), when the run had one."""
+    if "handover" not in r:
+        return []
+    h = r["handover"]
+    out = []
+    for runtime, result in h["runtimes"].items():
+        provider = f"{PROVIDERS[runtime]} {h['versions'][runtime][PROVIDERS[runtime]]}"
+        change, ready = result["from_change_s"], result["from_ready_s"]
+        out.append((f"hand-over, {runtime} ({provider}, default settings), {result['clients']} providers, server "
+                    f"replaced {result['rounds']}×: change → seen, median / max (from the new server ready)",
+                    f"{_n(change['p50'], 2)} / {_n(r[f'handover_s_{runtime}'], 2)} s "
+                    f"({_n(ready['p50'], 2)} / {_n(ready['max'], 2)} s)", ""))
+    return out
+
+
 def render(r: dict[str, Any]) -> str:
     """The README block: a line naming the run, then the table."""
     mode = "quick (`make bench QUICK=1`)" if r["quick"] else "full (`make bench`)"
@@ -118,6 +139,10 @@ def published(results: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in results.items() if k not in ("phases", "seed_computed")}
     out["phases_failover_kills"] = results["phases"]["failover"]["kills"]
     out["foreign_cpu_percent"] = {k: v.get("foreign_cpu_percent") for k, v in results["phases"].items()}
+    if "handover" in results:  # per-sample lists stay in results/handover.json
+        out["handover"] = {**results["handover"], "runtimes": {
+            rt: {k: v for k, v in figures.items() if not k.startswith("samples_")}
+            for rt, figures in results["handover"]["runtimes"].items()}}
     return out
 
 

@@ -168,13 +168,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller N, no 10k burst: under three minutes")
     parser.add_argument("--profile", action="store_true", help="record the operator with py-spy during bursts")
-    parser.add_argument("--only", choices=["propagation", "rollouts"],
+    parser.add_argument("--only", choices=["propagation", "rollouts", "handover"],
                         help="run one section alone (its own control plane)")
     args = parser.parse_args()
     if args.only == "propagation":
         import propagation
 
         propagation.run(args.quick)
+        return
+    if args.only == "handover":
+        import handover
+
+        handover.run(args.quick)
         return
     sizes = QUICK if args.quick else Sizes()
     if args.only == "rollouts":

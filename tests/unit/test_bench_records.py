@@ -59,3 +59,29 @@ def test_a_phase_the_run_skipped_reads_not_run() -> None:
     skipped = {**published, "burst_10k_s": None, "burst_10k_per_s": None, "failover_median_s": None}
     table = readme_table.render(skipped)
     assert "| not run (quick) |" in table and "not run / " in table
+
+
+def test_handover_figures_time_each_client_from_the_change_the_ready_server_and_the_sigterm() -> None:
+    import handover
+
+    rounds = [{"stopped": 100.0, "exited": 101.0, "ready": 104.0, "changed": 104.5},
+              {"stopped": 200.0, "exited": 201.0, "ready": 203.0, "changed": 203.5}]
+    changes = [{"h-0": [105.0], "h-1": [205.5]}, {"h-0": [109.5], "h-1": []}]  # the second missed round 2
+    out = handover.figures(rounds, changes, ["h-0", "h-1"])
+    assert (out["clients"], out["rounds"], out["samples"], out["missing"]) == (2, 2, 3, 1)
+    assert out["from_change_s"] == {"p50": 2.0, "p99": None, "max": 5.0}  # 0.5, 2.0, 5.0: too few for a p99
+    assert out["from_ready_s"] == {"p50": 2.5, "p99": None, "max": 5.5}
+    assert out["from_stop_s"] == {"p50": 5.5, "p99": None, "max": 9.5}
+    assert out["server_down_s"] == [4.0, 3.0]
+    assert handover.headline({"js": out}) == {"handover_s_js": 5.0, "handover_p50_s_js": 2.0}
+
+
+def test_handover_rows_name_the_provider_version_and_both_figures() -> None:
+    published = json.loads(readme_table.PUBLISHED.read_text())
+    figures = {"clients": 20, "rounds": 3, "from_change_s": {"p50": 4.2, "max": 6.0},
+               "from_ready_s": {"p50": 1.1, "max": 2.9}}
+    run = {**published, "handover_s_java": 6.0, "handover": {
+        "versions": {"java": {"dev.openfeature.contrib.providers:flagd": "0.11.15"}}, "runtimes": {"java": figures}}}
+    assert ("| hand-over, java (dev.openfeature.contrib.providers:flagd 0.11.15, default settings), 20 providers, "
+            "server replaced 3×: change → seen, median / max (from the new server ready) | 4.20 / 6.00 s "
+            "(1.10 / 2.90 s) |  |") in readme_table.render(run)

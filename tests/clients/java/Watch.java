@@ -1,6 +1,9 @@
-// Bench client (bench/propagation_runtimes.py): `count` in-process flagd providers, each its own
+// Bench client (bench/propagation_runtimes.py, bench/handover.py): `count` in-process flagd providers, each its own
 // OpenFeature domain; prints {"ready": n} once all have their flags, then one JSON line per value
-// change a client sees: {"c": client, "f": flag, "v": value, "t": unix seconds}.
+// change a client sees: {"c": client, "f": flag, "v": value, "t": unix seconds}. A client looks
+// again on every READY too: after a reconnect, flagd's provider 0.11.15 reports a change made while
+// it was away as READY, not as a configuration change (it passes that on only when its previous
+// event was READY); listening to configuration changes alone, no client saw such a change in 120 s.
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.openfeature.contrib.providers.flagd.Config;
@@ -39,6 +42,7 @@ public class Watch {
             };
             client.onProviderConfigurationChanged(details -> check.run());
             client.onProviderReady(details -> {
+                check.run();
                 if (ready.incrementAndGet() == count) emit("{\"ready\":" + count + "}");
             });
             api.setProvider(domain, new FlagdProvider(FlagdOptions.builder()

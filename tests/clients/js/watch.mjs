@@ -1,6 +1,7 @@
-// Bench client (bench/propagation_runtimes.py): `count` in-process flagd providers, each its own
+// Bench client (bench/propagation_runtimes.py, bench/handover.py): `count` in-process flagd providers, each its own
 // OpenFeature domain; prints {"ready": n} once all have their flags, then one JSON line per value
-// change a client sees: {"c": client, "f": flag, "v": value, "t": unix seconds}.
+// change a client sees: {"c": client, "f": flag, "v": value, "t": unix seconds}. A client looks
+// again on every Ready too (after a reconnect), as the Java watch must (see Watch.java).
 import { OpenFeature, ProviderEvents } from '@openfeature/server-sdk';
 import { FlagdProvider } from '@openfeature/flagd-provider';
 
@@ -22,7 +23,8 @@ for (let c = 0; c < job.count; c++) {
     }
   };
   client.addHandler(ProviderEvents.ConfigurationChanged, check);
-  client.addHandler(ProviderEvents.Ready, () => {
+  client.addHandler(ProviderEvents.Ready, async () => {
+    await check();
     if (++ready === job.count) process.stdout.write(JSON.stringify({ ready }) + '\n');
   });
   OpenFeature.setProvider(domain, new FlagdProvider({
