@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,14 @@ import requests
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 
 from operator_harness import GROUP, VERSION, Cluster, OperatorProcess, in_seconds, parse_time, wait_for
-from openfeature.contrib.provider.ofrep import OFREPProvider
 from sdk_clients import (
     PageServer,
     Served,
+    Split,
     chromium_version,
     clients_installed,
     java_client,
@@ -120,13 +122,18 @@ def python_clients(served: Served, namespace: str) -> dict[str, Any]:
         api.shutdown()
 
 
-def generation_bits(split: Callable[[str, str, list[tuple[str, int]]], str | None]) -> dict[str, str]:
-    on = rollout(split)
+Generation = Callable[[str, str, Split], str | None]
+
+
+@cache
+def generation_bits(generation: Generation) -> dict[str, str]:
+    on = rollout(generation)
     return {flag: "".join("1" if on(flag, f"user-{i}", p) else "0" for i in range(KEYS)) for flag, p in ROLLOUTS.items()}
 
 
-def generation_split(split: Callable[[str, str, list[tuple[str, int]]], str | None]) -> list[str | None]:
-    return [split(SPLIT_FLAG, f"user-{i}", SPLIT) for i in range(KEYS)]
+@cache
+def generation_split(generation: Generation) -> list[str | None]:
+    return [generation(SPLIT_FLAG, f"user-{i}", SPLIT) for i in range(KEYS)]
 
 
 def agreement(bits: dict[str, str], truth: dict[str, str]) -> dict[str, int]:
