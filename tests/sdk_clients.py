@@ -2,7 +2,7 @@
 
 Each runtime's client is one long-lived process that prints (or, for the page, POSTs) one JSON
 object per stage; ``ClientProcess`` and ``PageServer`` turn those into ``next_report(timeout)``.
-``bucket_*`` restate the three generations of flagd's ``fractional`` hashing found in the clients'
+``split_*`` restate the three generations of flagd's ``fractional`` hashing found in the clients'
 source, so a test can say which generation each real client runs, key by key.
 """
 
@@ -171,26 +171,54 @@ def chromium_version() -> str:
 
 
 # -- flagd's fractional, by generation ------------------------------------------------------------
-# Each takes the flag key, the targeting key and the rollout p (variants on: p, off: 100 - p) and
-# says whether the key is "on". They differ in what is hashed and how a hash becomes a bucket.
+# Each takes the flag key, the targeting key and the split as (variant, weight) pairs in the served
+# order, and returns the variant the key falls into. They differ in what is hashed and how a hash
+# becomes a bucket. ``rollout`` turns one into the on/off rule of a rollout of p %.
+
+Split = list[tuple[str, int]]
 
 
-def bucket_cbor(flag: str, key: str, p: int) -> bool:
-    """flagd's current rule (ADR "non-string rand units"): murmur3 of CBOR [flag, key], hash*100>>32."""
-    return (mmh3.hash(cbor2.dumps([flag, key], canonical=True), signed=False) * 100) >> 32 < p
+def _first_above(bucket: int, split: Split) -> str:
+    """The variant whose cumulative weight first exceeds ``bucket`` (the current and previous rules)."""
+    end = 0
+    for variant, weight in split:
+        end += weight
+        if bucket < end:
+            return variant
+    raise AssertionError(f"bucket {bucket} beyond the split {split}")
 
 
-def bucket_concat(flag: str, key: str, p: int) -> bool:
-    """The previous rule: murmur3 of the string flag + key, hash*100>>32."""
-    return (mmh3.hash((flag + key).encode(), signed=False) * 100) >> 32 < p
+def split_cbor(flag: str, key: str, split: Split) -> str:
+    """flagd's current rule (ADR "non-string rand units"): murmur3 of CBOR [flag, key], hash*total>>32."""
+    hashed = mmh3.hash(cbor2.dumps([flag, key], canonical=True), signed=False)
+    return _first_above((hashed * sum(w for _, w in split)) >> 32, split)
+
+
+def split_concat(flag: str, key: str, split: Split) -> str:
+    """The previous rule: murmur3 of the string flag + key, hash*total>>32."""
+    return _first_above((mmh3.hash((flag + key).encode(), signed=False) * sum(w for _, w in split)) >> 32, split)
 
 
 def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def bucket_concat_percent(flag: str, key: str, p: int) -> bool:
-    """The oldest rule: |signed murmur3 of flag + key| / 2^31 * 100 as a float32 percentage."""
+def split_concat_percent(flag: str, key: str, split: Split) -> str | None:
+    """The oldest rule: |signed murmur3 of flag + key| / 2^31 * 100 against float32 running percentages."""
     signed = mmh3.hash((flag + key).encode(), signed=True)
     magnitude = abs(signed) if signed != -(2**31) else signed  # Java's Math.abs(MIN_VALUE) stays negative
-    return _f32(_f32(_f32(float(magnitude)) / _f32(2.0**31)) * 100.0) < p
+    bucket = _f32(_f32(_f32(float(magnitude)) / _f32(2.0**31)) * 100.0)
+    total, end = sum(w for _, w in split), 0.0
+    for variant, weight in split:
+        end = _f32(end + _f32(float(weight * 100) / float(total)))
+        if bucket < end:
+            return variant
+    return None  # |hash| rounds up to 2^31 in float32: the provider raises "Unable to find a correct bucket"
+
+
+def rollout(generation: Callable[[str, str, Split], str | None]) -> Callable[[str, str, int], bool]:
+    """The on/off answer of a rollout of ``p`` % (served as the split [on: p, off: 100 - p]) under ``generation``."""
+    def on(flag: str, key: str, p: int) -> bool:
+        return generation(flag, key, [("on", p), ("off", 100 - p)]) == "on"
+    on.__name__ = generation.__name__
+    return on
