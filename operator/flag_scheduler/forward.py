@@ -76,8 +76,12 @@ def after_landing(
     fields: Mapping[str, Any],
     now: datetime,
     still_awaiting: Callable[[str], bool],
+    skipped: Mapping[str, Setter] | None = None,
 ) -> Marker:
     """The marker once ``setter``'s schedule (at ``generation``) set ``fields``, landing at ``now``.
+
+    ``skipped`` (the fields it left to later schedules) stays with its landing until its status is
+    written, so a status written after a crash still says which fields were not its to set.
 
     Entries of other schedules awaiting their status stay while ``still_awaiting(uid)`` says so
     (the schedule is live and unfinished): there is no fixed number of them to fall out of.
@@ -87,7 +91,7 @@ def after_landing(
     for uid in marker.recent:  # an earlier version's list: kept as entries while their schedules wait
         if uid != setter.uid and still_awaiting(uid):
             awaiting.setdefault(uid, Landed())
-    awaiting[setter.uid] = Landed(generation=generation, appliedAt=now)
+    awaiting[setter.uid] = Landed(generation=generation, appliedAt=now, skipped=dict(skipped or {}))
     return marker.model_copy(update={
         "uid": setter.uid, "name": setter.name, "scheduled_at": setter.scheduled_at, "applied_at": now,
         "setters": setters, "awaiting": awaiting, "recent": (),

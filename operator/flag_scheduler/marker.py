@@ -56,6 +56,8 @@ class Landed(_Model):
 
     generation: int | None = None  # the schedule's generation that landed (None: written by an old version)
     applied_at: datetime | None = Field(default=None, alias="appliedAt")
+    # The fields it left to a later schedule, and who set them: its status says so after a crash too.
+    skipped: dict[str, Setter] = Field(default_factory=dict)
 
 
 class Marker(_Model):
@@ -107,13 +109,17 @@ class Marker(_Model):
 
     def notes(self) -> dict[str, str | None]:
         """The per-field and awaiting-status annotations, as written to the flag."""
-        setters = {f: {"name": s.name, "uid": s.uid, "scheduledAt": exact_time(s.scheduled_at)}
-                   for f, s in sorted((self.setters or {}).items())}
-        awaiting = {u: {"generation": a.generation, **({"appliedAt": rfc3339(a.applied_at)} if a.applied_at else {})}
+        setters = {f: _setter(s) for f, s in sorted((self.setters or {}).items())}
+        awaiting = {u: {"generation": a.generation, **({"appliedAt": rfc3339(a.applied_at)} if a.applied_at else {}),
+                        **({"skipped": {f: _setter(s) for f, s in sorted(a.skipped.items())}} if a.skipped else {})}
                     for u, a in self.awaiting.items()}
         return {ANNOTATION_FIELD_SETTERS: json.dumps(setters, separators=(",", ":")),
                 ANNOTATION_AWAITING_STATUS: json.dumps(awaiting, separators=(",", ":")),
                 ANNOTATION_RECENT_UIDS: ",".join(self.recent) or None}  # None: a merge patch removes it
+
+
+def _setter(setter: Setter) -> dict[str, str]:
+    return {"name": setter.name, "uid": setter.uid, "scheduledAt": exact_time(setter.scheduled_at)}
 
 
 def _json_entries(text: str | None, model: type[_Model]) -> dict[str, Any] | None:

@@ -81,6 +81,33 @@ def test_two_past_due_schedules_of_one_flag_end_the_same_whatever_order_they_arr
         assert "not set" in event and "rolloutPercentage" in event
 
 
+def test_a_partly_superseded_change_recovered_after_a_crash_still_says_which_fields_it_did_not_set(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """The fields a change left to a later schedule are known after a crash too (the marker keeps them)."""
+    cluster.flag("duo", enabled=False, rollout=0)
+    ten = in_seconds(-3600)
+    first = start_operator(log_name="first.log")
+    cluster.schedule("ten-o-one", "duo", ten + timedelta(minutes=1), {"rolloutPercentage": 50})
+    cluster.wait_phase("ten-o-one", "Applied", timeout=20)
+    first.stop()
+    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log")
+    cluster.schedule("ten", "duo", ten, {"enabled": True, "rolloutPercentage": 10})
+    crashing.wait_log("failpoint.stopped", timeout=20)
+    crashing.kill()
+    assert cluster.status("ten").get("phase") == "Pending"
+    start_operator()
+    status = finished(cluster, "ten")
+    assert status["phase"] == "Applied"
+    assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
+    skipped = condition(status, "FieldsSuperseded")
+    assert skipped is not None and skipped["status"] == "True", status
+    assert "rolloutPercentage" in skipped["message"] and "ten-o-one" in skipped["message"]
+    assert "enabled" not in skipped["message"]
+    event = cluster.wait_event("ten", "Applied", "Normal")["message"]
+    assert "not set" in event and "rolloutPercentage" in event
+
+
 # Behaviour 2: a change lands on one flag, once, for one generation.
 
 

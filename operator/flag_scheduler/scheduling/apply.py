@@ -106,7 +106,7 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
             raise StandDown("the leader Lease was not renewed in time")
         failpoints.reach("apply.before-flag-patch")
         marker = after_landing(flag.marker, setter_of(schedule), schedule.ref.generation, decision.fields,
-                               ctx.clock(), ctx.book.awaits_status)
+                               ctx.clock(), ctx.book.awaits_status, decision.skipped)
         try:
             body = await ctx.kube.patch_flag_spec(
                 flag.ref, replacing_rule(decision.fields, flag.spec), marker, ctx.fencing_token()

@@ -105,8 +105,9 @@ async def landed_elsewhere(ctx: Ctx, schedule: FlagSchedule) -> Landing | None:
 
 async def record_applied(ctx: Ctx, schedule: FlagSchedule, landing: Landing, due: datetime | None) -> None:
     """The change is on the flag: Applied for the generation that landed, when it landed (from the marker)."""
-    now, flag, skipped = ctx.clock(), landing.flag, landing.decision.skipped
+    now, flag = ctx.clock(), landing.flag
     landed = flag.marker.landing(schedule.ref.uid)
+    skipped = landing.decision.skipped or (landed.skipped if landed else {})  # after a crash: from the marker
     generation = (landed.generation if landed else None) or schedule.ref.generation
     at = (landed.applied_at if landed else None) or now
     where = f"FeatureFlag {flag.ref.name}"
