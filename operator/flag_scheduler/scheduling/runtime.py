@@ -69,7 +69,8 @@ class Runtime:
         self.ctx.holding = self.admission.holding
         self.access = NamespaceAccess(kube, settings.namespaces, settings.lease_namespace, settings.lease_name, now)
         # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
-        self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh)
+        self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh,
+                                          lambda ref, *event: self.ctx.event_about(ref, "FlagRollout", *event))
         self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
