@@ -5,12 +5,19 @@ It keeps the FlagCronSchedules and the edge schedules they own (found by the lab
 changes, when one of its edge schedules changes (an edge applied: make the next one), when its flag
 appears, and when this replica becomes leader. Nothing wakes it on a timer: the next edge already
 exists as a FlagSchedule, and the scheduler applies it on time.
+
+Applies first: before each reconcile a worker waits (``applies_first``, at most
+``APPLIES_FIRST_LIMIT``) until the dispatcher has no due schedule left to apply. When 1,000 edges
+fall at one instant, each one applied makes its window create the next edge and write its status;
+done at once, those writes compete with the edges still to apply for the API server and the event
+loop. The next edge of a cron is at least a minute away, so it can wait for the burst to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,13 +36,20 @@ Key = tuple[str, str]
 WORKERS = 8
 RETRY_SECONDS = 5.0
 STALE_LEASE_RETRY_SECONDS = 1.0
+# The longest a reconcile waits for due schedules to be applied first: well under a cron's minute.
+APPLIES_FIRST_LIMIT = 20.0
+
+
+async def _no_wait(limit: float) -> None:
+    return None
 
 
 class CronController:
     """Reconciles FlagCronSchedules one at a time each, several in parallel, while this replica leads."""
 
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: Ctx, applies_first: Callable[[float], Awaitable[None]] = _no_wait) -> None:
         self.ctx = ctx
+        self.applies_first = applies_first
         self.crons: dict[Key, dict[str, Any]] = {}
         self.edges: dict[str, dict[str, dict[str, Any]]] = {}  # cron uid -> edge schedule name -> body
         self._keys_by_uid: dict[str, Key] = {}
@@ -113,6 +127,7 @@ class CronController:
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
+            await self.applies_first(APPLIES_FIRST_LIMIT)
             self._queued.discard(key)
             if not self.ctx.is_leader():
                 # A leader whose last renewal is too old writes nothing, but keeps the work: if the

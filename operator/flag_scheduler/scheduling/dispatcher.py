@@ -22,6 +22,7 @@ schedule told once with a Warning Event, until ``release_held`` (the policies ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -75,6 +76,9 @@ class Dispatcher:
         self._held: set[Key] = set()
         self._told: set[str] = set()
         self._fencing: set[Key] = set()
+        self._due: set[Key] = set()  # flags started because their head of line was due
+        self._none_due = asyncio.Event()
+        self._none_due.set()
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -199,8 +203,21 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def applied_due(self, limit: float) -> None:
+        """Return once no flag started for a due schedule is still working, or after ``limit`` seconds.
+
+        Controllers that create schedules for later (the next cron edge) wait on this, so their
+        writes never compete with the due schedules of a burst.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_due.wait(), limit)
+
     def _start(self, flag: Key) -> None:
         self._running.add(flag)
+        head = self.ctx.book.head(flag)
+        if head is not None and due_at(head) <= self.ctx.clock():
+            self._due.add(flag)
+            self._none_due.clear()
         task = asyncio.create_task(self._work(flag), name=f"flag {flag[0]}/{flag[1]}")
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(flag, done))
@@ -210,6 +227,9 @@ class Dispatcher:
         # blocks, and the flag would stay "running" (never planned again) for the rest of the process.
         self._tasks.discard(task)
         self._running.discard(flag)
+        self._due.discard(flag)
+        if not self._due:
+            self._none_due.set()
         self.plan(flag)
 
     async def _work(self, flag: Key) -> None:
@@ -283,6 +303,8 @@ class Dispatcher:
         self._paused_until.clear()
         self._errors.clear()
         self._held.clear()
+        self._due.clear()
+        self._none_due.set()
 
     def replan_all(self) -> None:
         """Plan every flag that has schedules (after the initial listing, or on becoming leader)."""

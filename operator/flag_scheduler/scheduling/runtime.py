@@ -59,7 +59,8 @@ class Runtime:
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=now)
         self.dispatcher = Dispatcher(self.ctx)
         self.validity = FlagValidity(self.ctx)
-        self.crons = CronController(self.ctx)  # FlagCronSchedules: creates edge FlagSchedules
+        # FlagCronSchedules: creates edge FlagSchedules, after the due ones are applied.
+        self.crons = CronController(self.ctx, self.dispatcher.applied_due)
         # The Lease has its own client, connections and event loop (a thread): renewals never queue
         # behind flag work, Events or a busy loop.
         self.leadership = Leadership(settings, lambda: api_client(pool_size=2), self._lead, self._follow)
