@@ -293,3 +293,27 @@ async def test_a_flag_frozen_by_policy_still_lets_retries_end_failed(kube: FakeK
     kube.hooks["fence_flag"] = refuse
     await apply_schedule(ctx, schedule)
     assert phase(kube) == "Failed"
+
+
+async def test_applied_due_waits_for_flags_started_for_a_due_schedule_only(kube: FakeKube, ctx: Ctx) -> None:
+    """What the cron controller waits on before creating next edges: due work, not housekeeping."""
+    add_flag(kube, ctx)
+    add_flag(kube, ctx, "g")
+    add_schedule(kube, ctx, "due", T0)  # due: the clock reads T0 + 1 s
+    add_schedule(kube, ctx, "later", T0 + timedelta(hours=1), flagRef={"name": "g"})
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    release = asyncio.Event()
+
+    async def slow(flag: tuple[str, str]) -> None:
+        await release.wait()
+
+    dispatcher._work_due = slow  # type: ignore[method-assign]
+    dispatcher._start((NS, "g"))  # housekeeping only: its head is an hour away
+    await asyncio.wait_for(dispatcher.applied_due(5), 1)
+    dispatcher._start((NS, "f"))
+    waiting = asyncio.create_task(dispatcher.applied_due(5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    await asyncio.wait_for(waiting, 1)
