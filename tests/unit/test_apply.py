@@ -18,6 +18,7 @@ from flag_scheduler.scheduling.context import Ctx, StandDown
 from flag_scheduler.scheduling.settle import cancel_schedule
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.scheduling import dispatcher as dispatcher_module
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Marker, Phase
 
@@ -317,3 +318,25 @@ async def test_applied_due_waits_for_flags_started_for_a_due_schedule_only(kube:
     assert not waiting.done()
     release.set()
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_new_leader_claims_a_head_another_replica_claimed_ahead_of_its_due_time(kube: FakeKube, ctx: Ctx) -> None:
+    """After a takeover, the claim is not left for the due time, where a burst would pay for it."""
+    body = add_flag(kube, ctx)
+    owner = [{"kind": "FeatureFlag", "name": "f", "uid": body["metadata"]["uid"]}]
+    due = T0 + timedelta(hours=1)
+    ctx.book.put_schedule(kube.create(SCHEDULES, {
+        "metadata": {"namespace": NS, "name": "s", "ownerReferences": owner},
+        "spec": {"flagRef": {"name": "f"}, "scheduledAt": due.isoformat(), "updates": {"enabled": True}},
+        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "the-old-leader"},
+    }))
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    dispatcher.replan_all()
+    assert dispatcher._planned[(NS, "f")] == due - dispatcher_module.CLAIM_AHEAD
+    ctx.clock.now = due - dispatcher_module.CLAIM_AHEAD
+    await dispatcher._work_due((NS, "f"))
+    assert kube.objects[(SCHEDULES, NS, "s")]["status"]["claimedBy"] == "me"
+    assert phase(kube) == "Pending" and flag(kube)["spec"]["enabled"] is False  # claimed, not applied early
+    dispatcher.plan((NS, "f"))
+    assert dispatcher._planned[(NS, "f")] == due  # now it waits for its due time
