@@ -300,7 +300,7 @@ def test_apiserver_restart_mid_run_recovers_without_loss_or_double(
 
 
 async def test_the_lease_is_renewed_while_the_operators_event_loop_is_busy(
-    operator_kubeconfig: Path, api_client: k8s.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+    operator_kubeconfig: Path, api_client: k8s.ApiClient, namespace: str
 ) -> None:
     """A leader whose event loop is busy (a burst of due schedules) keeps renewing its Lease.
 
@@ -309,11 +309,16 @@ async def test_the_lease_is_renewed_while_the_operators_event_loop_is_busy(
     burst's CPU work does: nothing on that loop runs. The Lease must be renewed meanwhile (the
     renewals run on their own loop), which the admin sees as new ``renewTime`` values.
     """
+    from kubernetes.aio import client as aio_client
+    from kubernetes.aio import config as aio_config
+
     from flag_scheduler.config import Settings
-    from flag_scheduler.kube import api_client as lease_client
     from flag_scheduler.scheduling.leader import Leadership
 
-    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    async def lease_client() -> aio_client.ApiClient:  # as the shipped ServiceAccount
+        configuration = aio_client.Configuration()
+        await aio_config.load_kube_config(config_file=str(operator_kubeconfig), client_configuration=configuration)
+        return aio_client.ApiClient(configuration)
     name = f"busy-{namespace}"
     settings = Settings(identity=name, lease_name=name, lease_namespace=OPERATOR_NAMESPACE,
                         lease_duration_seconds=3, renew_deadline_seconds=2.5, retry_period_seconds=1)
@@ -325,7 +330,7 @@ async def test_the_lease_is_renewed_while_the_operators_event_loop_is_busy(
     async def on_stop() -> None:
         stopped.append(True)
 
-    leadership = Leadership(settings, lambda: lease_client(pool_size=2), on_start, on_stop)
+    leadership = Leadership(settings, lease_client, on_start, on_stop)
     election = asyncio.create_task(leadership.run())
     leases = k8s.CoordinationV1Api(api_client)
     try:
