@@ -82,7 +82,8 @@ async def test_events_during_a_reconcile_run_it_again_afterwards_never_alongside
 
 
 async def test_windows_wait_for_the_due_schedules_to_be_applied_first() -> None:
-    """An edge applied makes its window create the next one: that waits until the burst's applies are done."""
+    """An edge applied makes its window create the next one: that waits until the burst's applies are done;
+    a change of the window itself does not wait."""
     burst_over = asyncio.Event()
     waited: list[float] = []
 
@@ -91,8 +92,14 @@ async def test_windows_wait_for_the_due_schedules_to_be_applied_first() -> None:
         await burst_over.wait()
 
     crons, kube = controller([True], applies_first)
-    crons.lead()
     crons.observe_cron(None, WINDOW)
+    crons.lead()
+    await settle()
+    assert kube.calls[:1] == ["get"] and not waited  # taking the lead: reconciled at once
+    kube.calls.clear()
+    edge = {"metadata": {"namespace": "ns", "name": "w-start-203103030800", "resourceVersion": "7",
+                         "labels": {"flagscheduler.dev/cron-schedule-uid": "u1"}}}
+    crons.observe_schedule("MODIFIED", edge)  # the edge was applied, say
     await settle()
     assert kube.calls == [] and waited  # nothing written while due schedules are being applied
     burst_over.set()
