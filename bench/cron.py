@@ -76,6 +76,16 @@ async def _lateness(audit: AuditLog, due: float, count: int, timeout: float) -> 
         await asyncio.sleep(0.5)
 
 
+def _writes(audit: AuditLog, start: float, end: float) -> dict[str, int]:
+    """The operator's writes received in [start, end), by "verb resource" (core Events included)."""
+    counts: dict[str, int] = {}
+    for w in audit.by_operator(NAMESPACE):
+        if start <= w.received < end:
+            key = f"{w.verb} {w.resource}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 async def _floor(cluster: Cluster, count: int) -> dict[str, Any]:
     """A plain client's 1,000 flag PATCHes due at one instant: p99 of finish minus start, best concurrency."""
     trials: dict[int, dict[str, Any]] = {}
@@ -122,7 +132,12 @@ async def measure(count: int, lead: float, profile: bool = False) -> dict[str, A
             recording = pyspy.Profile(proc.pid, RESULTS / "profile-cron.txt") if profile else None
             say(f"restarted; {count} edges due in {due - time.time():.1f} s")
             load_at_edge = os.getloadavg()
-            late = await _lateness(AuditLog(cp.audit_log), due, count, timeout=lead + 120)
+            audit = AuditLog(cp.audit_log)
+            late = await _lateness(audit, due, count, timeout=lead + 120)
+            # What the operator wrote while the edges were applied, and in the lead before them:
+            # each write in the burst competes with the flag PATCHes that are the edges.
+            burst_end = due + (max(late) if late else 0.0)
+            in_burst, in_lead = _writes(audit, due, burst_end), _writes(audit, due - lead, due)
             profiled = recording.stop() if recording is not None else None
             operator.stop()
             say(f"operator stopped; the floor: a plain client's {count} flag PATCHes at once")
@@ -133,7 +148,9 @@ async def measure(count: int, lead: float, profile: bool = False) -> dict[str, A
     stats = summary(late)
     return {"cron_edge_lateness_p99_s": stats["p99"], "cron_edge_floor_p99_s": floor["lateness_s"]["p99"],
             "cron": {"windows": count, "applied": len(late), "lateness_s": stats, "floor": floor,
-                     "loadavg_at_edge": load_at_edge, "profile": profiled, "loadavg_at_end": os.getloadavg(),
+                     "loadavg_at_edge": load_at_edge, "writes_in_burst": in_burst,
+                     "writes_in_burst_per_edge": round(sum(in_burst.values()) / max(1, len(late)), 2),
+                     "writes_in_lead": in_lead, "profile": profiled, "loadavg_at_end": os.getloadavg(),
                      "converge_s": round(ready - started, 1), "lead_s": lead, "etcd_fsync": False}}
 
 
