@@ -9,6 +9,8 @@ takes over is measured by ``make bench`` (``failover_median_s``), not asserted h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -297,3 +299,58 @@ def test_apiserver_restart_mid_run_recovers_without_loss_or_double(
     finally:
         replicas.stop()
         api_client.close()
+
+
+async def test_the_lease_is_renewed_while_the_operators_event_loop_is_busy(
+    operator_kubeconfig: Path, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    """A leader whose event loop is busy (a burst of due schedules) keeps renewing its Lease.
+
+    The election runs in this process, as the operator runs it, against the real API server, as the
+    shipped ServiceAccount. The test then holds the operator's event loop with a blocking sleep, as a
+    burst's CPU work does: nothing on that loop runs. The Lease must be renewed meanwhile (the
+    renewals run on their own loop), which the admin sees as new ``renewTime`` values.
+    """
+    from kubernetes.aio import client as aio_client
+    from kubernetes.aio import config as aio_config
+
+    from flag_scheduler.config import Settings
+    from flag_scheduler.scheduling.leader import Leadership
+
+    async def lease_client() -> aio_client.ApiClient:  # as the shipped ServiceAccount
+        configuration = aio_client.Configuration()
+        await aio_config.load_kube_config(config_file=str(operator_kubeconfig), client_configuration=configuration)
+        return aio_client.ApiClient(configuration)
+    name = f"busy-{namespace}"
+    settings = Settings(identity=name, lease_name=name, lease_namespace=OPERATOR_NAMESPACE,
+                        lease_duration_seconds=3, renew_deadline_seconds=2.5, retry_period_seconds=1)
+    led, stopped = asyncio.Event(), []
+
+    async def on_start() -> None:
+        led.set()
+
+    async def on_stop() -> None:
+        stopped.append(True)
+
+    leadership = Leadership(settings, lease_client, on_start, on_stop)
+    election = asyncio.create_task(leadership.run())
+    leases = k8s.CoordinationV1Api(api_client)
+    try:
+        await asyncio.wait_for(led.wait(), 30)
+        renewals: set[str] = set()
+        for _ in range(16):  # eight seconds, on the loop and blocking it: nothing else on it runs
+            spec = leases.read_namespaced_lease(name, OPERATOR_NAMESPACE).spec
+            assert spec.holder_identity == name
+            renewals.add(spec.renew_time.isoformat())
+            time.sleep(0.5)
+        # Renewed about once a second; a renewal that was in flight when the block began adds one at most.
+        assert len(renewals) >= 3, f"the Lease was not renewed while the event loop was busy: {sorted(renewals)}"
+        await asyncio.sleep(0)
+        assert leadership.leading and not stopped
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        await leadership.release()
+        await leadership.close()
+        leases.delete_namespaced_lease(name, OPERATOR_NAMESPACE)

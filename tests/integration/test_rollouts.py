@@ -124,6 +124,13 @@ def test_three_steps_apply_in_order_each_due_its_hold_after_the_previous_applied
     table = kubectl("get", "flagrollouts", "-n", cluster.ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "FLAG", "STEP", "PHASE", "NEXT-STEP-AT", "AGE"]
     assert table[1].split()[:5] == ["checkout-v2", "checkout-v2", "3/3", "full", "Completed"]
+    # kubectl describe tells the story: the first step scheduled, each step landing, the end.
+    cluster.wait_event("checkout-v2", "AllStepsApplied", "Normal")
+    told = [e for e in cluster.events("checkout-v2") if e["reason"] in ("StepScheduled", "StepApplied")]
+    assert [e["type"] for e in told] == ["Normal"] * 3
+    assert sorted(e["reason"] for e in told) == ["StepApplied", "StepApplied", "StepScheduled"]
+    landed = next(e["message"] for e in told if "step 1/3 canary applied" in e["message"])
+    assert "'checkout-v2.1-canary'" in landed and "'checkout-v2.2-half' created" in landed
 
 
 def test_pause_cancels_the_pending_step_and_resume_keeps_the_remaining_hold(
@@ -138,6 +145,7 @@ def test_pause_cancels_the_pending_step_and_resume_keeps_the_remaining_hold(
     due = parse_time(progressing["nextStepAt"])
     rollouts.patch("ramp", {"paused": True})
     paused = rollouts.wait("ramp", "Paused")
+    assert "spec.paused" in cluster.wait_event("ramp", "PausedBySpec", "Normal")["message"]
     remaining = parse_duration(paused["remainingHold"])
     assert timedelta(0) < remaining <= timedelta(seconds=6)
     assert "nextStepAt" not in paused  # no next step while paused
@@ -186,6 +194,7 @@ def test_abort_cancels_the_pending_step_and_restores_the_baseline(
     status = wait_for(lambda: (s := rollouts.status("ab")).get("restore", {}).get("phase") == "Applied" and s, 30,
                       what="the baseline restored")
     assert status["phase"] == "Aborted" and rollouts.condition("ab", "Aborted")["reason"] == "BaselineRestore"
+    assert "spec.abort is true" in cluster.wait_event("ab", "Aborting", "Warning")["message"]
     assert cluster.get_flag("f")["spec"] == {"enabled": False, "rolloutPercentage": 0, "description": "before"}
     schedules = rollouts.schedules("ab")
     assert schedules["ab.2-full"]["status"]["phase"] == "Cancelled"

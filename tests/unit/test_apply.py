@@ -18,6 +18,7 @@ from flag_scheduler.scheduling.context import Ctx, StandDown
 from flag_scheduler.scheduling.settle import cancel_schedule
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
+from flag_scheduler.scheduling import dispatcher as dispatcher_module
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.models import FLAGS, SCHEDULES, FlagSchedule, Marker, Phase
 
@@ -293,3 +294,49 @@ async def test_a_flag_frozen_by_policy_still_lets_retries_end_failed(kube: FakeK
     kube.hooks["fence_flag"] = refuse
     await apply_schedule(ctx, schedule)
     assert phase(kube) == "Failed"
+
+
+async def test_applied_due_waits_for_flags_started_for_a_due_schedule_only(kube: FakeKube, ctx: Ctx) -> None:
+    """What the cron controller waits on before creating next edges: due work, not housekeeping."""
+    add_flag(kube, ctx)
+    add_flag(kube, ctx, "g")
+    add_schedule(kube, ctx, "due", T0)  # due: the clock reads T0 + 1 s
+    add_schedule(kube, ctx, "later", T0 + timedelta(hours=1), flagRef={"name": "g"})
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    release = asyncio.Event()
+
+    async def slow(flag: tuple[str, str]) -> None:
+        await release.wait()
+
+    dispatcher._work_due = slow  # type: ignore[method-assign]
+    dispatcher._start((NS, "g"))  # housekeeping only: its head is an hour away
+    await asyncio.wait_for(dispatcher.applied_due(5), 1)
+    dispatcher._start((NS, "f"))
+    waiting = asyncio.create_task(dispatcher.applied_due(5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_new_leader_claims_a_head_another_replica_claimed_ahead_of_its_due_time(kube: FakeKube, ctx: Ctx) -> None:
+    """After a takeover, the claim is not left for the due time, where a burst would pay for it."""
+    body = add_flag(kube, ctx)
+    owner = [{"kind": "FeatureFlag", "name": "f", "uid": body["metadata"]["uid"]}]
+    due = T0 + timedelta(hours=1)
+    ctx.book.put_schedule(kube.create(SCHEDULES, {
+        "metadata": {"namespace": NS, "name": "s", "ownerReferences": owner},
+        "spec": {"flagRef": {"name": "f"}, "scheduledAt": due.isoformat(), "updates": {"enabled": True}},
+        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "the-old-leader"},
+    }))
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    dispatcher.replan_all()
+    assert dispatcher._planned[(NS, "f")] == due - dispatcher_module.CLAIM_AHEAD
+    ctx.clock.now = due - dispatcher_module.CLAIM_AHEAD
+    await dispatcher._work_due((NS, "f"))
+    assert kube.objects[(SCHEDULES, NS, "s")]["status"]["claimedBy"] == "me"
+    assert phase(kube) == "Pending" and flag(kube)["spec"]["enabled"] is False  # claimed, not applied early
+    dispatcher.plan((NS, "f"))
+    assert dispatcher._planned[(NS, "f")] == due  # now it waits for its due time

@@ -26,6 +26,15 @@ from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
 from flag_scheduler.models import ObjectRef
 
 
+class Answer(dict):
+    """An answer, as a body and as the raw response the ``*_without_preload_content`` methods give."""
+
+    status, reason = 201, "Created"
+
+    def release(self) -> None:
+        pass
+
+
 class Recorder:
     """Stands in for a generated API class: records the keyword arguments of every call."""
 
@@ -35,7 +44,7 @@ class Recorder:
     def __getattr__(self, name: str) -> Any:
         async def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
             self.calls.append((name, kwargs))
-            return {"items": [], "metadata": {}}
+            return Answer({"items": [], "metadata": {}})
         return call
 
 

@@ -35,11 +35,11 @@ class Recorder:
         return call
 
 
-def controller(leading: list[bool]) -> tuple[CronController, Recorder]:
+def controller(leading: list[bool], applies_first: Any = None) -> tuple[CronController, Recorder]:
     kube = Recorder()
     ctx = Ctx(kube=kube, book=Book(), settings=Settings(identity="me"), clock=lambda: datetime.now(UTC))  # type: ignore[arg-type]
     ctx.is_leader = lambda: leading[0]
-    return CronController(ctx), kube
+    return (CronController(ctx) if applies_first is None else CronController(ctx, applies_first)), kube
 
 
 async def settle() -> None:
@@ -78,4 +78,34 @@ async def test_events_during_a_reconcile_run_it_again_afterwards_never_alongside
         await asyncio.sleep(0.004)
     await settle()
     assert kube.most == 1
+    await crons.follow()
+
+
+async def test_windows_wait_for_the_due_schedules_to_be_applied_first() -> None:
+    """An edge applied makes its window create the next one: that waits until the burst's applies are done;
+    a change of the window itself does not wait."""
+    burst_over = asyncio.Event()
+    waited: list[float] = []
+
+    async def applies_first(limit: float) -> None:
+        waited.append(limit)
+        await burst_over.wait()
+
+    crons, kube = controller([True], applies_first)
+    crons.observe_cron(None, WINDOW)
+    crons.lead()
+    await settle()
+    assert kube.calls[:1] == ["get"] and not waited  # taking the lead: reconciled at once
+    kube.calls.clear()
+    edge = {"metadata": {"namespace": "ns", "name": "w-start-203103030800", "resourceVersion": "7",
+                         "labels": {"flagscheduler.dev/cron-schedule-uid": "u1"}}}
+    crons.observe_schedule("MODIFIED", edge)  # the edge was applied, say
+    await settle()
+    assert kube.calls == [] and waited  # nothing written while due schedules are being applied
+    burst_over.set()
+    for _ in range(300):
+        if kube.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert kube.calls[:1] == ["get"]
     await crons.follow()

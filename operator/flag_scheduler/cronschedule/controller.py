@@ -5,12 +5,22 @@ It keeps the FlagCronSchedules and the edge schedules they own (found by the lab
 changes, when one of its edge schedules changes (an edge applied: make the next one), when its flag
 appears, and when this replica becomes leader. Nothing wakes it on a timer: the next edge already
 exists as a FlagSchedule, and the scheduler applies it on time.
+
+Applies first: a window looks again after an event of one of its edge schedules (an edge applied:
+make the next one) only once the dispatcher has no due schedule left to apply (``applies_first``,
+at most ``APPLIES_FIRST_LIMIT``). When 1,000 edges fall at one instant, each one applied makes its
+window create the next edge and write its status; done at once, those writes compete with the
+edges still to apply for the API server and the event loop. The next edge of a cron is a minute
+away at least, so it can wait for the burst to end. The wait holds no worker: changes of a window
+itself, a new flag and taking the lead are reconciled at once (converging after downtime creates
+edges that are due now).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,13 +39,20 @@ Key = tuple[str, str]
 WORKERS = 8
 RETRY_SECONDS = 5.0
 STALE_LEASE_RETRY_SECONDS = 1.0
+# The longest a reconcile waits for due schedules to be applied first: well under a cron's minute.
+APPLIES_FIRST_LIMIT = 20.0
+
+
+async def _no_wait(limit: float) -> None:
+    return None
 
 
 class CronController:
     """Reconciles FlagCronSchedules one at a time each, several in parallel, while this replica leads."""
 
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: Ctx, applies_first: Callable[[float], Awaitable[None]] = _no_wait) -> None:
         self.ctx = ctx
+        self.applies_first = applies_first
         self.crons: dict[Key, dict[str, Any]] = {}
         self.edges: dict[str, dict[str, dict[str, Any]]] = {}  # cron uid -> edge schedule name -> body
         self._keys_by_uid: dict[str, Key] = {}
@@ -44,6 +61,8 @@ class CronController:
         self._running: set[Key] = set()  # one reconcile per window at a time
         self._again: set[Key] = set()  # changed while its reconcile ran: once more afterwards
         self._workers: list[asyncio.Task] = []
+        self._deferred: set[Key] = set()  # edge events seen while due schedules are being applied
+        self._deferring: asyncio.Task | None = None
 
     def observe_cron(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event for a FlagCronSchedule."""
@@ -72,7 +91,7 @@ class CronController:
         else:
             self.edges.setdefault(uid, {})[meta["name"]] = body
         if uid in self._keys_by_uid:
-            self._enqueue(self._keys_by_uid[uid])
+            self._after_applies(self._keys_by_uid[uid])
 
     def observe_flag(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A flag appeared: reconcile the windows that were waiting for it."""
@@ -93,6 +112,10 @@ class CronController:
     async def follow(self) -> None:
         """Lost the Lease (or shutting down): stop reconciling at once."""
         workers, self._workers = self._workers, []
+        if self._deferring is not None:
+            workers.append(self._deferring)
+            self._deferring = None
+        self._deferred.clear()
         for task in workers:
             task.cancel()
         for task in workers:
@@ -102,6 +125,21 @@ class CronController:
         self._running.clear()
         self._again.clear()
         self._queue = asyncio.Queue()
+
+    def _after_applies(self, key: Key) -> None:
+        """Reconcile ``key`` once the dispatcher's due schedules are applied (at once if not leading)."""
+        if not self._workers:
+            self._enqueue(key)  # a follower only queues: lead() reconciles every window anyway
+            return
+        self._deferred.add(key)
+        if self._deferring is None or self._deferring.done():
+            self._deferring = asyncio.create_task(self._release_deferred(), name="cron-applies-first")
+
+    async def _release_deferred(self) -> None:
+        await self.applies_first(APPLIES_FIRST_LIMIT)
+        keys, self._deferred = self._deferred, set()
+        for key in keys:
+            self._enqueue(key)
 
     def _enqueue(self, key: Key) -> None:
         if key in self._running:

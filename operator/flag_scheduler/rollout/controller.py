@@ -7,7 +7,9 @@ flag never both start). A reconcile, every step re-runnable after a crash:
 1. compute the plan from the cached rollout, its schedules and its flag (``plan.plan``);
 2. write the status if it changed, preconditioned on uid and resourceVersion (409: read, again);
 3. cancel the schedules the plan cancels (by uid), then create the one it creates: the status
-   written in 2 already names it, and AlreadyExists means an earlier attempt created it.
+   written in 2 already names it, and AlreadyExists means an earlier attempt created it;
+4. post at most one Event about what changed (``rollout_event``): a new phase (Normal, or Warning
+   for a drift, an abort or a failure), else a step that landed, else a step scheduled.
 
 Nothing is written unless this replica leads (``is_leader``, checked before each write).
 """
@@ -27,13 +29,17 @@ from kubernetes.aio.client.exceptions import ApiException
 from flag_scheduler import failpoints
 from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
 from flag_scheduler.logs import get_logger
-from flag_scheduler.models import GROUP, SCHEDULES, VERSION, FeatureFlag, rfc3339
+from flag_scheduler.models import GROUP, SCHEDULES, VERSION, FeatureFlag, ObjectRef, rfc3339
 from flag_scheduler.rollout.models import (
     FINAL, KIND, LABEL_ROLLOUT, LABEL_STEP, ROLLOUTS, FlagRollout, FlagRolloutStatus, FlagValues, StepSchedule,
 )
 from flag_scheduler.rollout.plan import FlagView, NewSchedule, plan
 
 Key = tuple[str, str]
+# (rollout, type, reason, message): posts a core Event about the rollout in the background.
+EventPoster = Callable[[ObjectRef, str, str, str, str], None]
+WARNING_REASONS = frozenset({"FlagDrifted", "AnotherRolloutActive", "Aborting", "Aborted", "BaselineRestore",
+                             "AbortedBeforeStart"})
 WORKERS = 16
 RETRY_SECONDS = 1.0
 log = get_logger()
@@ -47,8 +53,8 @@ class RolloutController:
     """Caches of rollouts and their schedules, a dirty set, and workers that reconcile while leading."""
 
     def __init__(self, kube: Kube, clock: Callable[[], datetime], flag_of: Callable[[Key], FeatureFlag | None],
-                 is_leader: Callable[[], bool]) -> None:
-        self.kube, self.clock, self.flag_of, self.is_leader = kube, clock, flag_of, is_leader
+                 is_leader: Callable[[], bool], event: EventPoster = lambda *_: None) -> None:
+        self.kube, self.clock, self.flag_of, self.is_leader, self.event = kube, clock, flag_of, is_leader, event
         self.rollouts: dict[Key, dict[str, Any]] = {}
         self._by_flag: dict[Key, set[Key]] = defaultdict(set)  # (namespace, flag) -> its rollouts
         self.schedules: dict[Key, dict[str, StepSchedule]] = defaultdict(dict)
@@ -177,6 +183,9 @@ class RolloutController:
             failpoints.reach("rollout.before-create")
             await self._create(rollout, result.create, None if view is None else view.uid)
             failpoints.reach("rollout.after-create")
+        told = rollout_event(rollout, result.status, result.create)
+        if told is not None:
+            self.event(rollout.ref, *told)
 
     def _leading(self) -> None:
         if not self.is_leader():
@@ -265,6 +274,30 @@ class RolloutController:
         self.observe_schedule("ADDED", body)
         log.info("rollout.step_scheduled", namespace=r.ref.namespace, rollout=r.ref.name, schedule=new.name,
                  step=new.step, scheduled_at=body["spec"]["scheduledAt"])
+
+
+def rollout_event(r: FlagRollout, status: dict[str, Any], created: NewSchedule | None) -> tuple[str, str, str] | None:
+    """The one Event (type, reason, message) for what a reconcile changed, or None if nothing a person would want told."""
+    applied, before = status["stepsApplied"], r.status.steps_applied
+    landed = ""
+    if applied > before:
+        entry = status["steps"][applied - 1]
+        landed = f"step {status['currentStep']} applied (FlagSchedule {entry['schedule']!r})"
+    scheduled = "" if created is None else (f"FlagSchedule {created.name!r} created for step {created.step!r},"
+                                           f" due at {rfc3339(created.at)}")
+    told = "; ".join(filter(None, (landed, scheduled)))
+    if status["phase"] != r.status.phase.value:
+        held = next((c for c in status["conditions"] if c["status"] == "True" and c["type"] != "FlagDrifted"), None)
+        reason = held["reason"] if held else status["phase"]
+        failed = status["phase"] == "Failed" or reason in WARNING_REASONS
+        message = "; ".join(filter(None, (f"{status['phase']}: {held['message'] if held else ''}".rstrip(": "),
+                                          status.get("waitingFor") and f"waiting for {status['waitingFor']}", told)))
+        return ("Warning" if failed else "Normal", reason, message)
+    if landed:
+        return ("Normal", "StepApplied", told)
+    if scheduled:
+        return ("Normal", "StepScheduled", told)
+    return None
 
 
 def schedule_body(r: FlagRollout, new: NewSchedule, flag_uid: str | None) -> dict[str, Any]:

@@ -14,6 +14,11 @@ when a status write failed, a Warning Event on the schedule. The loop also turns
 ``healthy()`` reports a leader whose loop stopped turning, which the liveness probe reads.
 Only the leader plans: followers keep the book warm and plan everything when they take over.
 
+Claim ahead: a head of line claimed by another replica (a leader before a restart or a failover)
+is claimed again ``CLAIM_AHEAD`` before it is due, not at its due time, so a burst due soon after
+a takeover does not pay one status write per schedule on its hot path. The claim is the same
+preconditioned status write the due time would make (``apply.claim``).
+
 Fail closed: while ``ctx.holding()`` gives a reason (the admission policies are not in force, see
 ``admission_gate``), a flag whose head of line is due is held: not applied, not planned again, its
 schedule told once with a Warning Event, until ``release_held`` (the policies are back).
@@ -22,6 +27,7 @@ schedule told once with a Warning Event, until ``release_held`` (the policies ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -29,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flag_scheduler import metrics
-from flag_scheduler.scheduling.apply import apply_schedule
+from flag_scheduler.scheduling.apply import apply_schedule, claim
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
 from flag_scheduler.scheduling.landed import fence
 from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
@@ -49,6 +55,8 @@ MAX_ERROR_PAUSE = timedelta(minutes=5)
 # STALL_LIMIT is unhealthy.
 HEARTBEAT = 5.0
 STALL_LIMIT = 60.0
+# A head claimed by another replica is claimed again this long before it is due.
+CLAIM_AHEAD = timedelta(seconds=30)
 # While the leader's last renewal is older than the renew deadline, look again this often (seconds).
 STALE_LEASE_PAUSE = 0.1
 log = get_logger()
@@ -75,6 +83,9 @@ class Dispatcher:
         self._held: set[Key] = set()
         self._told: set[str] = set()
         self._fencing: set[Key] = set()
+        self._due: set[Key] = set()  # flags started because their head of line was due
+        self._none_due = asyncio.Event()
+        self._none_due.set()
         self.turned_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -123,6 +134,8 @@ class Dispatcher:
             when: datetime | None = now
         else:
             when = None if head is None or flag in self._held else due_at(head)
+            if when is not None and self._claimed_elsewhere(head):
+                when = min(when, max(now, when - CLAIM_AHEAD))
         paused = self._paused_until.get(flag)
         if when is not None and paused is not None:
             when = max(when, paused)
@@ -199,8 +212,21 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def applied_due(self, limit: float) -> None:
+        """Return once no flag started for a due schedule is still working, or after ``limit`` seconds.
+
+        Controllers that create schedules for later (the next cron edge) wait on this, so their
+        writes never compete with the due schedules of a burst.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_due.wait(), limit)
+
     def _start(self, flag: Key) -> None:
         self._running.add(flag)
+        head = self.ctx.book.head(flag)
+        if head is not None and due_at(head) <= self.ctx.clock():
+            self._due.add(flag)
+            self._none_due.clear()
         task = asyncio.create_task(self._work(flag), name=f"flag {flag[0]}/{flag[1]}")
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(flag, done))
@@ -210,6 +236,9 @@ class Dispatcher:
         # blocks, and the flag would stay "running" (never planned again) for the rest of the process.
         self._tasks.discard(task)
         self._running.discard(flag)
+        self._due.discard(flag)
+        if not self._due:
+            self._none_due.set()
         self.plan(flag)
 
     async def _work(self, flag: Key) -> None:
@@ -252,11 +281,18 @@ class Dispatcher:
             elif todo is Action.MISS:
                 await miss_schedule(ctx, head)
             else:
+                if head is not None and self._claimed_elsewhere(head) and due_at(head) - now <= CLAIM_AHEAD:
+                    await claim(ctx, head)
                 break
         owner = ctx.book.flag(flag)
         for schedule in ctx.book.untidy_of(flag):
             if self.leading.is_set():
                 await tidy_schedule(ctx, schedule, owner)
+
+    def _claimed_elsewhere(self, schedule: Any) -> bool:
+        """The schedule is live and claimed by another replica (this one took over since)."""
+        claimant = schedule.status.claimed_by
+        return claimant is not None and claimant != self.ctx.settings.identity and not schedule.status.phase.terminal
 
     def _hold(self, flag: Key, schedule: Any, why: str) -> None:
         """Keep a due schedule back while the admission policies are not in force; say so once."""
@@ -283,6 +319,8 @@ class Dispatcher:
         self._paused_until.clear()
         self._errors.clear()
         self._held.clear()
+        self._due.clear()
+        self._none_due.set()
 
     def replan_all(self) -> None:
         """Plan every flag that has schedules (after the initial listing, or on becoming leader)."""

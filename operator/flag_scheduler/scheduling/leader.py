@@ -17,7 +17,13 @@ it lacks, and this module adds:
   writes to the flags it touches (see ``apply.py``): the Lease's ``leaseTransitions`` would do, but
   the library neither maintains nor exposes it;
 - in kubernetes 37.0.2 ``LeaseLock.create`` passes ``pretty=True``, which the generated client
-  refuses (``pretty`` must be a string), so no Lease could ever be created; ``_LeaseLock`` fixes it.
+  refuses (``pretty`` must be a string), so no Lease could ever be created; ``_LeaseLock`` fixes it;
+- it runs on the caller's event loop; here the election runs on an event loop of its own, in a
+  thread of its own, with its own client and connections. On the operator's loop a renewal waits
+  for its turn behind everything else that loop has to do: in a burst of 1,000 due schedules the
+  loop lagged by seconds, every attempt ran out of its ``retry_period`` and the leader stood down
+  mid-burst. In its own thread a renewal needs only the GIL, which Python hands over every few
+  milliseconds. The leadership callbacks still run on the operator's loop.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
@@ -43,6 +51,7 @@ from flag_scheduler.kube import TRANSPORT_ERRORS, describe
 from flag_scheduler.logs import get_logger
 
 log = get_logger()
+T = TypeVar("T")
 
 
 async def _or_exit(callback: Awaitable[None], what: str) -> None:
@@ -123,25 +132,49 @@ class _Election(LeaderElection):
         return ok
 
 
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def call(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on this thread's loop and wait for it from the caller's loop (cancelling it with us)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
+
+
 class Leadership:
-    """Campaigns for the Lease forever; calls ``on_start``/``on_stop`` as leadership comes and goes."""
+    """Campaigns for the Lease forever on a thread of its own; runs ``on_start``/``on_stop`` on the caller's loop.
+
+    ``connect`` makes the Lease's own API client; it is called on the election's thread, whose loop
+    the client then belongs to.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        api: client.ApiClient,
+        connect: Callable[[], Awaitable[client.ApiClient]],
         on_start: Callable[[], Awaitable[None]],
         on_stop: Callable[[], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.identity = settings.identity
-        self.lock = _LeaseLock(settings.lease_name, settings.lease_namespace, settings.identity, api)
-        self.leases = client.CoordinationV1Api(api)
+        self._connect = connect
+        self._api: client.ApiClient | None = None
+        self.lock: _LeaseLock | None = None
         self._on_start = on_start
         self._on_stop = on_stop
         self._renewed_at = float("-inf")
         self.leading = False
         self.term = uuid.uuid4().hex  # the fencing token: a new one each time this replica becomes leader
+        self._thread: _LoopThread | None = None
+        self._main: asyncio.AbstractEventLoop | None = None
 
     def fresh(self) -> bool:
         """True while this replica leads and its last renewal started less than renew_deadline ago."""
@@ -151,8 +184,18 @@ class Leadership:
         self._renewed_at = started
 
     async def run(self) -> None:
-        """Campaign, lead until the Lease is lost, campaign again; forever (until cancelled)."""
+        """Campaign on the election's own thread until cancelled; the callbacks come back to this loop."""
+        self._main = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = _LoopThread("leader-election")
+        await self._thread.call(self._campaign())
+
+    async def _campaign(self) -> None:
+        """Campaign, lead until the Lease is lost, campaign again; forever (on the election's thread)."""
         s = self.settings
+        if self._api is None:
+            self._api = await self._connect()
+            self.lock = _LeaseLock(s.lease_name, s.lease_namespace, s.identity, self._api)
         while True:
             config = Config(
                 self.lock, s.lease_duration_seconds, s.renew_deadline_seconds, s.retry_period_seconds,
@@ -161,33 +204,52 @@ class Leadership:
             await _Election(config, self._renewed).run()
             await asyncio.sleep(s.retry_period_seconds)
 
+    async def _on_main(self, callback: Awaitable[Any]) -> Any:
+        """Run a leadership callback on the operator's loop, from the election's thread."""
+        assert self._main is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(callback, self._main))
+
     async def _started(self) -> None:
         self.term = uuid.uuid4().hex
         self.leading = True
         metrics.IS_LEADER.set(1)
-        log.info("leader.acquired", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
-        await _or_exit(self._on_start(), "start")
+        log.info("leader.acquired", identity=self.identity, lease=f"{self.settings.lease_namespace}/{self.settings.lease_name}")
+        await self._on_main(_or_exit(self._on_start(), "start"))
 
     async def _stopped(self) -> None:
         was_leading, self.leading = self.leading, False
         metrics.IS_LEADER.set(0)
         if was_leading:
-            log.warning("leader.lost", identity=self.identity, lease=f"{self.lock.namespace}/{self.lock.name}")
-        await _or_exit(self._on_stop(), "stop")
+            log.warning("leader.lost", identity=self.identity, lease=f"{self.settings.lease_namespace}/{self.settings.lease_name}")
+        await self._on_main(_or_exit(self._on_stop(), "stop"))
 
     async def release(self) -> None:
         """Give the Lease back if we hold it (clean shutdown), so a follower takes over at once."""
-        if not self.leading:
+        if self._thread is not None and self._api is not None:
+            await self._thread.call(self._release())
+
+    async def _release(self) -> None:
+        if not self.leading or self._api is None:
             return
         self.leading = False
         metrics.IS_LEADER.set(0)
+        s = self.settings
+        leases = client.CoordinationV1Api(self._api)
         with contextlib.suppress(ApiException, *TRANSPORT_ERRORS):
-            lease = await self.leases.read_namespaced_lease(self.lock.name, self.lock.namespace)
+            lease = await leases.read_namespaced_lease(s.lease_name, s.lease_namespace)
             if lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 await asyncio.wait_for(
-                    self.leases.replace_namespaced_lease(self.lock.name, self.lock.namespace, lease),
-                    self.settings.retry_period_seconds,
+                    leases.replace_namespaced_lease(s.lease_name, s.lease_namespace, lease), s.retry_period_seconds,
                 )
                 log.info("leader.released", identity=self.identity)
 
+    async def close(self) -> None:
+        """Close the Lease's client and stop the election's thread (after ``release``)."""
+        if self._thread is None:
+            return
+        if self._api is not None:
+            with contextlib.suppress(Exception):
+                await self._thread.call(self._api.close())
+        await self._thread.stop()
+        self._thread = None

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubernetes.aio.client import ApiClient
-
 from flag_scheduler.config import Settings
 from flag_scheduler.cronschedule.controller import CronController
 from flag_scheduler.cronschedule.edges import TZDATA_VERSION
@@ -52,25 +50,28 @@ def clock(offset_seconds: float) -> Callable[[], datetime]:
 class Runtime:
     """Everything the handlers need, created once per process."""
 
-    def __init__(self, settings: Settings, kube: Kube, lease_api: ApiClient) -> None:
+    def __init__(self, settings: Settings, kube: Kube) -> None:
         self.settings = settings
         self.kube = kube
-        self.lease_api = lease_api
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
         self.endpoints: list[Listener] = []
         now = clock(settings.clock_offset_seconds)
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=now)
         self.dispatcher = Dispatcher(self.ctx)
         self.validity = FlagValidity(self.ctx)
-        self.crons = CronController(self.ctx)  # FlagCronSchedules: creates edge FlagSchedules
-        self.leadership = Leadership(settings, lease_api, self._lead, self._follow)
+        # FlagCronSchedules: creates edge FlagSchedules, after the due ones are applied.
+        self.crons = CronController(self.ctx, self.dispatcher.applied_due)
+        # The Lease has its own client, connections and event loop (a thread): renewals never queue
+        # behind flag work, Events or a busy loop.
+        self.leadership = Leadership(settings, lambda: api_client(pool_size=2), self._lead, self._follow)
         self.ctx.is_leader = self.leadership.fresh
         self.ctx.fencing_token = lambda: self.leadership.term
         self.admission = AdmissionGate(settings, kube, on_open=self.dispatcher.release_held)
         self.ctx.holding = self.admission.holding
         self.access = NamespaceAccess(kube, settings.namespaces, settings.lease_namespace, settings.lease_name, now)
         # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
-        self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh)
+        self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh,
+                                          lambda ref, *event: self.ctx.event_about(ref, "FlagRollout", *event))
         self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
@@ -82,8 +83,7 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        # The Lease has its own connections: renewals never queue behind flag work or Events.
-        runtime = cls(settings, kube, await api_client(pool_size=2))
+        runtime = cls(settings, kube)
         try:
             await runtime._serve_endpoints()
             await check_lease_namespace(settings, kube.api)
@@ -118,7 +118,7 @@ class Runtime:
         for listener in self.endpoints:
             await listener.close()
         await self.kube.close()
-        await self.lease_api.close()
+        await self.leadership.close()
 
     async def _load(self) -> None:
         """Every flag, schedule and window of the readable watched namespaces (unreadable ones reported)."""
