@@ -61,7 +61,7 @@ def cluster(api_client: k8s.ApiClient, control_plane: ControlPlane, namespace: s
 
 @pytest.fixture
 def served(control_plane: ControlPlane, kubectl: Kubectl, operator_manifests: None, namespace: str,
-           tmp_path: Path) -> Iterator[Served]:
+           tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     ports = {"sync_port": free_port(), "ofrep_port": free_port(), "metrics_port": free_port()}
     scheduler = OperatorProcess(control_plane.kubeconfig(), [namespace], tmp_path / "scheduler.log").start()
     server = FlagServerProcess(
@@ -73,7 +73,11 @@ def served(control_plane: ControlPlane, kubectl: Kubectl, operator_manifests: No
     server.stop()
     scheduler.stop()
     # Every change above reached the clients through the watch, not through LISTs repeated after failures.
-    failed = [line for line in server.log_lines() if line.get("event") == "flags.watch_failed"]
+    # A test that replaces the CRDs (exclusive) may meet the API server's 429 "Too Many Requests" on
+    # a watch while it re-initializes the resource's storage: the server's answer, retried as asked.
+    crd_change = request.node.get_closest_marker("exclusive") is not None
+    failed = [line for line in server.log_lines() if line.get("event") == "flags.watch_failed"
+              and not (crd_change and line.get("status") == 429)]
     assert failed == [], failed[:3]
 
 
