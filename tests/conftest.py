@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -191,9 +192,38 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
-    """xdist controller: start the control plane once, before any worker runs a test, if one is needed."""
-    if getattr(node.config, "_flag_scheduler_cp", None) is None and any("/integration/" in i for i in ids):
-        _start_control_plane(node.config)
+    """xdist controller: have the control plane up once, before any worker runs a test, if one is needed."""
+    config = node.config
+    early: threading.Event | None = getattr(config, "_flag_scheduler_early", None)
+    if early is not None:
+        early.wait()
+    if getattr(config, "_flag_scheduler_cp", None) is None and any("/integration/" in i for i in ids):
+        _start_control_plane(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: Any) -> None:
+    """xdist controller: start the control plane while the workers start and collect (about 3 s saved).
+
+    Only when the run names the integration tests (``tests`` or a path under ``tests/integration``);
+    if none is collected after all, it is stopped at the end like any other.
+    """
+    if not any("integration" in str(arg) or Path(str(arg).split("::")[0]).resolve() in (REPO, REPO / "tests")
+               for arg in config.args):
+        return
+    started, done = threading.Event(), threading.Event()
+
+    def run() -> None:
+        # The thread lives until the run ends: the control plane's processes die with the thread that
+        # started them (PR_SET_PDEATHSIG is per thread).
+        try:
+            _start_control_plane(config)
+        finally:
+            started.set()
+        done.wait()
+
+    config._flag_scheduler_early, config._flag_scheduler_done = started, done
+    threading.Thread(target=run, name="control-plane", daemon=True).start()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -204,6 +234,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     cp = getattr(config, "_flag_scheduler_cp", None)
     if cp is not None:
         cp.stop()  # a worker's handle does nothing: the controller owns the control plane
+    done = getattr(config, "_flag_scheduler_done", None)
+    if done is not None:
+        done.set()  # the thread that started it may end now
     if not _is_worker(config) and getattr(config, "_flag_scheduler_shared", None):
         shutil.rmtree(config._flag_scheduler_shared, ignore_errors=True)
 

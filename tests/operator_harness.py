@@ -229,6 +229,8 @@ class Cluster:
         """
         out = []
         for line in self.cp.audit_log.read_text().splitlines():
+            if self.ns not in line:  # the log holds the whole run: parse only lines naming this test's namespace
+                continue
             e = json.loads(line)
             ref = e.get("objectRef", {})
             res = ref.get("resource", "") + ("/" + ref["subresource"] if ref.get("subresource") else "")

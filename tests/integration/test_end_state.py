@@ -38,10 +38,21 @@ def finished(cluster: Cluster, name: str, timeout: float = 20) -> dict:
                     what=f"{name} to finish")
 
 
+# A killed operator keeps its Lease until the Lease expires: with short Leases the next operator
+# takes over about 3 s after the kill instead of 15 (the default). Both sides need them: the
+# successor judges expiry by its own setting.
+TAKEOVER = {
+    "FLAG_SCHEDULER_LEASE_DURATION_SECONDS": "3",
+    "FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS": "2",
+    "FLAG_SCHEDULER_RETRY_PERIOD_SECONDS": "1",
+}
+
+
 def crash_after_the_patch(cluster: Cluster, start_operator: Callable[..., OperatorProcess], flag: str,
                           schedule: str, updates: dict) -> None:
     """The change lands on ``flag``; the operator dies before the schedule's status says so."""
-    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log")
+    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log",
+                              **TAKEOVER)
     cluster.schedule(schedule, flag, in_seconds(2), updates)
     crashing.wait_log("failpoint.stopped", timeout=20)
     crashing.kill()
@@ -91,12 +102,13 @@ def test_a_partly_superseded_change_recovered_after_a_crash_still_says_which_fie
     cluster.schedule("ten-o-one", "duo", ten + timedelta(minutes=1), {"rolloutPercentage": 50})
     cluster.wait_phase("ten-o-one", "Applied", timeout=20)
     first.stop()
-    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log")
+    crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log",
+                              **TAKEOVER)
     cluster.schedule("ten", "duo", ten, {"enabled": True, "rolloutPercentage": 10})
     crashing.wait_log("failpoint.stopped", timeout=20)
     crashing.kill()
     assert cluster.status("ten").get("phase") == "Pending"
-    start_operator()
+    start_operator(**TAKEOVER)
     status = finished(cluster, "ten")
     assert status["phase"] == "Applied"
     assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
@@ -118,7 +130,7 @@ def test_a_schedule_pointed_at_another_flag_after_its_change_landed_never_change
     cluster.flag("second", enabled=False)
     crash_after_the_patch(cluster, start_operator, "first", "moved", {"enabled": True})
     cluster.patch_schedule("moved", {"flagRef": {"name": "second"}})  # generation 2
-    start_operator()
+    start_operator(**TAKEOVER)
     status = finished(cluster, "moved")
     assert cluster.get_flag("second")["spec"]["enabled"] is False
     assert flag_writes(cluster, "second") == 0
@@ -171,7 +183,7 @@ def test_a_landed_change_is_known_however_many_other_changes_land_after_it(
     cluster.flag("busy", enabled=False, rollout=0)
     crash_after_the_patch(cluster, start_operator, "busy", "early", {"enabled": True})
     cluster.patch_schedule("early", {"scheduledAt": in_seconds(3600).isoformat().replace("+00:00", "Z")})
-    start_operator()
+    start_operator(**TAKEOVER)
     for n in range(20):
         cluster.schedule(f"step-{n:02d}", "busy", in_seconds(1 + n * 0.01), {"rolloutPercentage": n})
     wait_for(lambda: cluster.get_flag("busy")["metadata"]["annotations"][LAST_SCHEDULE] == "step-19",
@@ -213,7 +225,7 @@ def test_a_schedule_of_a_deleted_flag_is_never_applied_to_a_namesake(
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, "flagschedules", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "FlagSchedule",
         "metadata": {"name": "old", "finalizers": ["test.flagscheduler.dev/hold"]},
-        "spec": {"flagRef": {"name": "phoenix"}, "scheduledAt": in_seconds(6).isoformat().replace("+00:00", "Z"),
+        "spec": {"flagRef": {"name": "phoenix"}, "scheduledAt": in_seconds(3600).isoformat().replace("+00:00", "Z"),
                  "updates": {"enabled": True}},
     })
     wait_for(lambda: [o["uid"] for o in cluster.get_schedule("old")["metadata"].get("ownerReferences") or []]
@@ -222,7 +234,10 @@ def test_a_schedule_of_a_deleted_flag_is_never_applied_to_a_namesake(
     wait_for(lambda: cluster.get_schedule("old")["metadata"].get("deletionTimestamp"), timeout=30,
              what="the garbage collector to delete the old flag's schedule")
     new_uid = cluster.flag("phoenix", enabled=False)["metadata"]["uid"]
-    cluster.schedule("new", "phoenix", in_seconds(8), {"rolloutPercentage": 30})
+    # Due only now that the namesake exists, however long the garbage collector took above (it took
+    # longer than a due time fixed at creation plus the retries, once, on a busy machine).
+    cluster.patch_schedule("old", {"scheduledAt": in_seconds(2).isoformat().replace("+00:00", "Z")})
+    cluster.schedule("new", "phoenix", in_seconds(4), {"rolloutPercentage": 30})
     status = finished(cluster, "old")
     assert (status["phase"], condition(status, "Applied")["reason"]) == ("Failed", "FlagRecreated")
     assert old_uid in status["lastError"]

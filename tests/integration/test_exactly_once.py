@@ -103,7 +103,7 @@ def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], late_outcome: str
 ) -> None:
     crashing = start_operator(FLAG_SCHEDULER_FAILPOINTS="apply.after-flag-patch", log_name="crashing.log",
-                              FLAG_SCHEDULER_IDENTITY="crashing")
+                              FLAG_SCHEDULER_IDENTITY="crashing", **FAST_ELECTION)  # the next one takes over in ~3 s
     cluster.flag("truth", enabled=False)
     due = in_seconds(2)
     deadline = {"startingDeadlineSeconds": 1} if late_outcome == "Missed" else {}
@@ -117,7 +117,7 @@ def test_a_change_that_landed_is_reported_applied_never_cancelled_or_missed(
         cluster.patch_schedule("landed", {"cancelled": True})
     else:
         wait_for(lambda: datetime.now(UTC) > due + timedelta(seconds=2), timeout=10, what="the deadline to pass")
-    start_operator()
+    start_operator(**FAST_ELECTION)
     status = cluster.wait_phase("landed", "Applied", timeout=20)
     assert applied_condition(status)["status"] == "True"
     assert len(changes(cluster, "truth")) == 1
