@@ -224,10 +224,27 @@ class Zygote:
 
     def __init__(self) -> None:
         self.status_dir = Path(tempfile.mkdtemp(prefix="flag-scheduler-zygote-"))
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, str(self.status_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
+        # Started from a thread that lives as long as the worker: PR_SET_PDEATHSIG fires when the
+        # thread that forked the child ends, and the first operator may be started from a test's
+        # short-lived thread (the zygote, and every operator forked from it, died with that thread).
+        started: list[subprocess.Popen[bytes]] = []
+        ready = threading.Event()
+
+        def keep() -> None:
+            try:
+                started.append(subprocess.Popen(
+                    [sys.executable, __file__, str(self.status_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    preexec_fn=_die_with_parent,
+                ))
+            finally:
+                ready.set()
+            threading.Event().wait()  # never set: the thread ends with the process
+
+        threading.Thread(target=keep, name="zygote", daemon=True).start()
+        ready.wait()
+        if not started:
+            raise RuntimeError("the zygote did not start (see the worker's stderr)")
+        self.proc = started[0]
 
     @classmethod
     def spawn(cls, args: list[str], env: dict[str, str], log: Path) -> ForkedProcess:

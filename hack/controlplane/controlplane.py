@@ -35,6 +35,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -238,7 +239,11 @@ class ControlPlane:
             "contexts": [{"name": "local", "context": {"cluster": "local", "user": name}}],
             "current-context": "local",
         }
-        path.write_text(json.dumps(config, indent=2))
+        # Atomically: test workers running side by side rewrite the same account's file while others
+        # read it (a kubectl that read it half-written went to localhost:8080).
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.replace(path)
         return path
 
     def describe(self) -> dict[str, object]:
