@@ -59,6 +59,16 @@ def crash_after_the_patch(cluster: Cluster, start_operator: Callable[..., Operat
     assert cluster.status(schedule).get("phase") == "Pending"
 
 
+def assert_ten_left_rollout_percentage_to_ten_o_one(cluster: Cluster, status: dict) -> None:
+    """"ten" set enabled, and its condition and Event say rolloutPercentage was "ten-o-one"'s to set."""
+    skipped = condition(status, "FieldsSuperseded")
+    assert skipped is not None and skipped["status"] == "True", status
+    assert "rolloutPercentage" in skipped["message"] and "ten-o-one" in skipped["message"]
+    assert "enabled" not in skipped["message"]
+    event = cluster.wait_event("ten", "Applied", "Normal")["message"]
+    assert "not set" in event and "rolloutPercentage" in event
+
+
 # Behaviour 1: per-field forward only, whatever the arrival order.
 
 
@@ -84,12 +94,7 @@ def test_two_past_due_schedules_of_one_flag_end_the_same_whatever_order_they_arr
     assert status["phase"] == "Applied"
     assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
     if arrival == "newest first":  # "ten" set enabled, and says rolloutPercentage was not its to set
-        skipped = condition(status, "FieldsSuperseded")
-        assert skipped is not None and skipped["status"] == "True", status
-        assert "rolloutPercentage" in skipped["message"] and "ten-o-one" in skipped["message"]
-        assert "enabled" not in skipped["message"]
-        event = cluster.wait_event("ten", "Applied", "Normal")["message"]
-        assert "not set" in event and "rolloutPercentage" in event
+        assert_ten_left_rollout_percentage_to_ten_o_one(cluster, status)
 
 
 def test_a_partly_superseded_change_recovered_after_a_crash_still_says_which_fields_it_did_not_set(
@@ -112,12 +117,7 @@ def test_a_partly_superseded_change_recovered_after_a_crash_still_says_which_fie
     status = finished(cluster, "ten")
     assert status["phase"] == "Applied"
     assert cluster.get_flag("duo")["spec"] == {"enabled": True, "rolloutPercentage": 50}
-    skipped = condition(status, "FieldsSuperseded")
-    assert skipped is not None and skipped["status"] == "True", status
-    assert "rolloutPercentage" in skipped["message"] and "ten-o-one" in skipped["message"]
-    assert "enabled" not in skipped["message"]
-    event = cluster.wait_event("ten", "Applied", "Normal")["message"]
-    assert "not set" in event and "rolloutPercentage" in event
+    assert_ten_left_rollout_percentage_to_ten_o_one(cluster, status)
 
 
 # Behaviour 2: a change lands on one flag, once, for one generation.

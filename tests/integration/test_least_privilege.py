@@ -66,7 +66,8 @@ def test_the_operator_may_do_only_what_is_listed(
     def rows() -> list[tuple[str, ...]]:
         found = can_i_list(kubectl, namespace if where == "watched-namespace" else OPERATOR_NAMESPACE)
         if where == "operator-namespace":
-            assert WITH_TESTS_OWN in found
+            # The tests' own Lease names widen the shipped Lease row; no other row may differ. (No
+            # assert here: while the RBAC cache lags, the row is missing and the wait goes on.)
             found = sorted(SHIPPED if row == WITH_TESTS_OWN else row for row in found)
         return found
 
