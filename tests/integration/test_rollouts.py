@@ -234,7 +234,9 @@ def test_an_out_of_band_flag_edit_pauses_the_rollout_with_flag_drifted(
     kubectl("patch", "ff", "f", "-n", cluster.ns, "--type=merge", "-p", json.dumps({"spec": {"rolloutPercentage": 10}}))
     rollouts.wait("dr", "Progressing")
     assert rollouts.condition("dr", "FlagDrifted")["status"] == "False"
-    assert "dr.2-full.r1" in rollouts.schedules("dr")
+    # The status names the step's new schedule before it is created (crash safety: see the
+    # failpoint rollout.before-create), so the schedule may follow the phase by a moment.
+    wait_for(lambda: "dr.2-full.r1" in rollouts.schedules("dr"), 10, what="the step's schedule made again")
 
 
 @pytest.mark.parametrize("point", ["rollout.before-create", "rollout.after-create"])
