@@ -198,6 +198,19 @@ class Kube:
         """Write only the fencing token: any PATCH prepared against an older version now fails."""
         return await self._patch(FLAGS, flag, _preconditions(flag, {ANNOTATION_FENCING_TOKEN: fencing_token}))
 
+    async def fence_flag_status(self, flag: ObjectRef, fencing_token: str) -> dict[str, Any]:
+        """Write the fencing token to the flag's status subresource (``status.fencingToken``).
+
+        It moves the flag's resourceVersion like any write, and admission that guards the flag
+        itself (``featureflags``) does not see it: a write of ``featureflags/status`` is another
+        resource to a policy or webhook.
+        """
+        body = {**_preconditions(flag), "status": {"fencingToken": fencing_token}}
+        return await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, flag.namespace, FLAGS, flag.name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self.timeout,
+        )
+
     async def patch_schedule_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any]:
         """Write a schedule's status, on the condition that it is the same object, unchanged since read."""
         body = {**_preconditions(ref), "status": status}

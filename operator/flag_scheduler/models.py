@@ -88,6 +88,9 @@ class FeatureFlagStatus(_Model):
     """Conditions about the flag (the last change is recorded in annotations, see ``Marker``)."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    # The leader term that fenced the flag through its status (when the flag refused the token
+    # annotation's write): see ``scheduling/landed.py``.
+    fencing_token: str | None = Field(default=None, alias="fencingToken", max_length=64)
 
 
 class FlagRef(_Model):
