@@ -20,12 +20,18 @@ Every step is safe to re-run after a crash, and fenced against a deposed leader:
    phase is Applied. If the flag's fencing token is not this term's, the leader first writes its
    token to the flag, preconditioned on the version it just read. That write is the fence: a
    deposed leader frozen between its checks and its PATCH holds an older resourceVersion, so its
-   PATCH fails with 409 instead of landing after the schedule was reported untouched.
+   PATCH fails with 409 instead of landing after the schedule was reported untouched. A flag that
+   refuses the token's annotation is fenced through its status subresource (``status.fencingToken``);
+   one that refuses both gets no untouched phase at all (``FenceRefused``, tried again with backoff).
+   A PATCH of this replica's that got no answer (timed out, or cut short when the lead was lost)
+   may still commit: its flag is fenced again before anything untouched is settled on it, and
+   when a schedule of it this replica claimed is deleted or edited (``Ctx.unanswered``).
 Status writes carry the schedule's uid and resourceVersion as preconditions.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kubernetes.aio.client.exceptions import ApiException
@@ -107,10 +113,10 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
         failpoints.reach("apply.before-flag-patch")
         marker = after_landing(flag.marker, setter_of(schedule), schedule.ref.generation, decision.fields,
                                ctx.clock(), ctx.book.awaits_status, decision.skipped)
+        fields, prepared = replacing_rule(decision.fields, flag.spec), flag.ref
         try:
-            body = await ctx.kube.patch_flag_spec(
-                flag.ref, replacing_rule(decision.fields, flag.spec), marker, ctx.fencing_token()
-            )
+            body = await failpoints.deliver("apply.flag-patch-unanswered", lambda: ctx.kube.patch_flag_spec(
+                prepared, fields, marker, ctx.fencing_token()))
         except ApiException as err:
             if err.status == 409:
                 flag = None  # changed since read (maybe by another leader): read it and decide again
@@ -119,6 +125,10 @@ async def land_change(ctx: Ctx, schedule: FlagSchedule) -> Landing:
         except TRANSPORT_ERRORS as err:
             ctx.unanswered.add(key)  # it may still commit: fence before settling untouched
             raise ApplyFailure(describe(err)) from err
+        except asyncio.CancelledError:
+            ctx.unanswered.add(key)  # cut short (the lead was lost): a request already sent may still commit
+            raise
+        ctx.unanswered.discard(key)  # a request of ours without an answer holds an older version: it fails now
         failpoints.reach("apply.after-flag-patch")
         return Landing(ctx.book.put_flag(body) or flag, decision)
     raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")

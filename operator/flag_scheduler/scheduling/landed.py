@@ -14,12 +14,13 @@ the schedule is seen finished (``Marker.awaiting``), so:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler import metrics
+from flag_scheduler import failpoints, metrics
 from flag_scheduler.forward import Decision, Verdict, describe_skipped
 from flag_scheduler.kube import TRANSPORT_ERRORS, describe
 from flag_scheduler.logs import get_logger
@@ -48,6 +49,27 @@ class Landing:
     decision: Decision  # GO: this attempt landed it; LANDED: it was there already; SUPERSEDED: not applied
 
 
+class FenceRefused(ApplyFailure):
+    """The flag refused both fencing writes (its token annotation and ``status.fencingToken``) with a 4xx.
+
+    No outcome that leaves the flag untouched may be written then: a deposed leader's PATCH
+    prepared earlier could still land. The work is tried again with backoff.
+    """
+
+
+_fence_writes = itertools.count(1)
+
+
+def term_of(token: str | None) -> str | None:
+    """The leader term a fencing token names (``term``, or ``term.N`` from a fence that had to change it)."""
+    return token.split(".", 1)[0] if token else None
+
+
+def written_in_term(flag: FeatureFlag, term: str) -> bool:
+    """The flag was written in this leader term (its token annotation or its status token says so)."""
+    return term in (term_of(flag.marker.fencing_token), term_of(flag.status.fencing_token))
+
+
 async def fence(ctx: Ctx, key: Key, landed_uid: str = "") -> FeatureFlag | None:
     """Read the flag fresh and make sure no PATCH prepared before this read can land (see ``apply.py``).
 
@@ -63,29 +85,64 @@ async def fence(ctx: Ctx, key: Key, landed_uid: str = "") -> FeatureFlag | None:
         if flag is None:
             ctx.unanswered.discard(key)
             return None  # nothing to land on; a PATCH prepared for an older flag fails its uid precondition
-        token = ctx.fencing_token()
+        term = ctx.fencing_token()
         if flag.marker.landed(landed_uid):
             return flag
-        if flag.marker.fencing_token == token and key not in ctx.unanswered:
+        if written_in_term(flag, term) and key not in ctx.unanswered:
             return flag
         if not ctx.is_leader():
             raise StandDown("the leader Lease was not renewed in time")
         try:
-            body = await ctx.kube.fence_flag(flag.ref, token)
+            body = await _write_token(ctx, flag, term)
         except ApiException as err:
             if err.status in (404, 409):
                 continue
-            if 400 <= err.status < 500 and err.status not in (408, 429):
-                # The flag refuses writes (a policy freezing it is the usual reason a schedule
-                # Failed): a deposed leader's PATCH is refused the same way, so settle unfenced.
-                get_logger(namespace=key[0], flag=key[1]).warning("flag.fence_refused", error=describe(err))
-                return flag
             raise ApplyFailure(describe(err)) from err
         except TRANSPORT_ERRORS as err:
             raise ApplyFailure(describe(err)) from err
         ctx.unanswered.discard(key)
+        get_logger(namespace=key[0], flag=key[1]).info("flag.fenced", resource_version=body["metadata"]["resourceVersion"])
         return ctx.book.put_flag(body) or flag
     raise ApplyFailure(f"409 Conflict: flag {key[1]!r} kept changing ({CONFLICT_ATTEMPTS} conflicts)")
+
+
+def _refused(err: ApiException) -> bool:
+    """A 4xx that refuses the write itself (a policy, a webhook, validation), not a conflict or throttling."""
+    return 400 <= err.status < 500 and err.status not in (404, 408, 409, 429)
+
+
+def _changed(current: str | None, term: str) -> str:
+    """The token to write where ``current`` is: the term, or ``term.N`` if that is there already.
+
+    The API server skips a write that changes nothing, and then the resourceVersion would not move.
+    """
+    return term if current != term else f"{term}.{next(_fence_writes)}"
+
+
+async def _write_token(ctx: Ctx, flag: FeatureFlag, term: str) -> dict:
+    """Write the term's token to the flag's annotation or, if the flag refuses that write, to its status.
+
+    A policy or webhook that refuses some contents of the flag may refuse the token's write yet
+    admit a deposed leader's PATCH; the status subresource is another resource to admission, and
+    its write moves the same resourceVersion. Raises ``FenceRefused`` if both are refused.
+    """
+    log = get_logger(namespace=flag.ref.namespace, flag=flag.ref.name)
+    try:
+        token = _changed(flag.marker.fencing_token, term)
+        return await failpoints.deliver("fence.write-unanswered", lambda: ctx.kube.fence_flag(flag.ref, token))
+    except ApiException as err:
+        if not _refused(err):
+            raise
+        refused = describe(err)
+    log.warning("flag.fence_refused", via="annotation", error=refused)
+    try:
+        return await ctx.kube.fence_flag_status(flag.ref, _changed(flag.status.fencing_token, term))
+    except ApiException as err:
+        if not _refused(err):
+            raise
+        log.warning("flag.fence_refused", via="status", error=describe(err))
+        raise FenceRefused(f"FeatureFlag {flag.ref.name} refused the fencing write of its annotation ({refused}) "
+                           f"and of its status ({describe(err)})") from err
 
 
 async def landed_elsewhere(ctx: Ctx, schedule: FlagSchedule) -> Landing | None:
