@@ -4,7 +4,9 @@ A phase that leaves the flag untouched (Cancelled, Missed, Failed, Superseded) i
 after ``fence``: a fresh read of the flag (if its marker shows the change landed, here or on the
 flag the schedule named before, the schedule is Applied instead) and, if the flag does not carry
 this leader term's fencing token yet, a write of the token preconditioned on the version just
-read, so a deposed leader's PATCH prepared earlier fails (see ``apply.py``). These phases, and
+read, so a deposed leader's PATCH prepared earlier fails (see ``apply.py``). If the flag refuses
+every fencing write, none of these phases is written: the condition ``FenceRefused`` and a
+Warning Event say why, and the work is tried again with backoff until a fence lands. These phases, and
 Retrying, are decided for one generation of the spec: if the spec changed meanwhile nothing is
 written and the schedule is planned again (``write_status(same_spec=True)``).
 """
@@ -19,8 +21,10 @@ from flag_scheduler.models import FlagSchedule, Phase, rfc3339
 from flag_scheduler.scheduling import status
 from flag_scheduler.scheduling.book import flag_key
 from flag_scheduler.scheduling.context import ApplyFailure, Ctx, StandDown, log_for, write_status
-from flag_scheduler.scheduling.landed import Landing, fence, landed_elsewhere, record_applied
+from flag_scheduler.scheduling.landed import FenceRefused, Landing, fence, landed_elsewhere, record_applied
 from flag_scheduler.timing import next_retry_at, retries_exhausted
+
+FENCE_REFUSED = "FenceRefused"
 
 async def settle_untouched(
     ctx: Ctx, schedule: FlagSchedule, phase: Phase, reason: str = "", message: str = "", **fields: Any
@@ -30,8 +34,12 @@ async def settle_untouched(
     Returns True if ``phase`` was written; False if the schedule turned out Applied, gone, or (for
     Superseded) no longer superseded, in which case it is planned again.
     """
-    landing = await landed_elsewhere(ctx, schedule)
-    flag = await fence(ctx, flag_key(schedule), schedule.ref.uid)
+    try:
+        landing = await landed_elsewhere(ctx, schedule)
+        flag = await fence(ctx, flag_key(schedule), schedule.ref.uid)
+    except FenceRefused as refused:
+        await hold_unfenced(ctx, schedule, phase, str(refused))
+        raise
     if landing is None and flag is not None and flag.marker.landed(schedule.ref.uid):
         landing = Landing(flag, Decision(Verdict.LANDED, landing=flag.marker.landing(schedule.ref.uid)))
     if landing is not None:
@@ -52,10 +60,39 @@ async def settle_untouched(
         )
     failpoints.reach("settle.before-status")
     now = ctx.clock()
-    written = await write_status(ctx, schedule, lambda fresh: status.schedule_status(
-        fresh, now, phase, reason, message, **fields,
-    ), same_spec=True)
+
+    def build(fresh: FlagSchedule) -> dict:
+        new = status.schedule_status(fresh, now, phase, reason, message, **fields)
+        if _held(fresh):
+            new = status.with_condition(new, fresh, FENCE_REFUSED, False, "Fenced",
+                                        f"the flag took the fencing write; {phase.value} recorded",
+                                        fresh.ref.generation, now)
+        return new
+
+    written = await write_status(ctx, schedule, build, same_spec=True)
     return written is not None
+
+
+def _held(schedule: FlagSchedule) -> bool:
+    return any(c.type == FENCE_REFUSED and c.status == "True" for c in schedule.status.conditions)
+
+
+async def hold_unfenced(ctx: Ctx, schedule: FlagSchedule, phase: Phase, error: str) -> None:
+    """The flag cannot be fenced: write no outcome, say so (condition ``FenceRefused``, a Warning Event).
+
+    The phase stays what it was (Pending or Retrying); the caller raises, and the flag's work is
+    tried again with backoff until the fence lands and ``phase`` can be written.
+    """
+    message = (f"{phase.value} is not recorded yet: {error}; until a fencing write lands, a PATCH a replica "
+               "that lost the lead prepared earlier could still change the flag. Tried again with backoff.")
+    if _held(schedule):
+        return  # said already: no status write or Event per retry
+    now = ctx.clock()
+    written = await write_status(ctx, schedule, lambda fresh: status.condition_status(
+        fresh, FENCE_REFUSED, True, "FlagRefusedFence", message, now), same_spec=True)
+    if written is not None:
+        ctx.event(schedule, "Warning", FENCE_REFUSED, message)
+        log_for(schedule).warning("schedule.fence_refused", instead_of=phase.value, error=error)
 
 
 async def record_failure(ctx: Ctx, schedule: FlagSchedule, error: str) -> None:

@@ -75,8 +75,12 @@ def with_condition(
 
 def flag_found_status(schedule: FlagSchedule, found: bool, message: str, now: datetime) -> dict[str, Any]:
     """Only the ``FlagFound`` condition changes (nothing else is sent, so nothing else can go stale)."""
-    cond = condition(
-        schedule.status.conditions, FLAG_FOUND, found, "Found" if found else "NotFound", message,
-        schedule.ref.generation, now,
-    )
+    return condition_status(schedule, FLAG_FOUND, found, "Found" if found else "NotFound", message, now)
+
+
+def condition_status(
+    schedule: FlagSchedule, type_: str, value: bool, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    """A status in which only the condition ``type_`` changes (phase, counts and times are not sent)."""
+    cond = condition(schedule.status.conditions, type_, value, reason, message, schedule.ref.generation, now)
     return {"conditions": _with(schedule.status.conditions, cond)}
