@@ -170,9 +170,10 @@ class Dispatcher:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
         book, me = self.ctx.book, self.ctx.settings.identity
         # A suspect leaves only once fenced (a failed fence is tried again on the next turn). A claim
-        # of this replica's needs none: its own work re-reads the schedule before the PATCH.
+        # of this replica's needs none (its own work re-reads the schedule before the PATCH) unless a
+        # PATCH of its on that flag got no answer (``Ctx.unanswered``): that one may still commit.
         for key, claimant in list(book.suspects.items()):
-            if claimant == me:
+            if claimant == me and key not in self.ctx.unanswered:
                 book.suspects.pop(key, None)
             elif key not in self._fencing:
                 self._fencing.add(key)
