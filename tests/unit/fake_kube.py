@@ -76,7 +76,10 @@ class FakeKube:
         meta = obj["metadata"]
         if meta["uid"] != ref.uid or meta["resourceVersion"] != ref.resource_version:
             raise _error(409, "Conflict")
+        before = copy.deepcopy(obj)
         change(obj)
+        if obj == before:  # like the API server: a write that changes nothing is not stored, the version stays
+            return copy.deepcopy(obj)
         meta["resourceVersion"] = str(next(self._rv))
         if what in self.lose_response:
             self.lose_response.discard(what)
@@ -104,6 +107,11 @@ class FakeKube:
         def change(obj: dict[str, Any]) -> None:
             obj["metadata"].setdefault("annotations", {})[ANNOTATION_FENCING_TOKEN] = token
         return self._write(FLAGS, flag, change, "fence_flag")
+
+    async def fence_flag_status(self, flag: ObjectRef, token: str) -> dict:
+        def change(obj: dict[str, Any]) -> None:
+            obj.setdefault("status", {})["fencingToken"] = token
+        return self._write(FLAGS, flag, change, "fence_flag_status")
 
     async def patch_schedule_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict:
         def change(obj: dict[str, Any]) -> None:

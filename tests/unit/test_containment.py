@@ -67,6 +67,7 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     marker = after_landing(Marker(), setter_of(schedule), 1, {"enabled": True}, now, lambda uid: False)
     await kube.patch_flag_spec(ref, {"enabled": True}, marker, "t")
     await kube.fence_flag(ref, "t")
+    await kube.fence_flag_status(ref, "t")
     await kube.patch_schedule_status(ref, {})
     await kube.patch_flag_status(ref, {})
     await kube.set_owner(ref, [])
@@ -81,7 +82,7 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.set_owners("flagcronschedules", ref, [])
     await kube.patch_status("flagrollouts", ref, {}, unchanged=True)
     await kube.cancel_schedule("ns", "s", "u")
-    assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "patch_schedule_status",
+    assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "fence_flag_status", "patch_schedule_status",
                                      "patch_flag_status", "set_owner", "delete_schedule", "post_event",
                                      "post_operator_event", "list_pages", "list_admission_policies", "create",
                                      "patch_status", "set_owners", "cancel_schedule"]), "a new request: test it here"

@@ -1,0 +1,136 @@
+"""The fence holds in every path: a refused token write, an unanswered PATCH, this replica's own claims.
+
+Against the in-memory API (``fake_kube``), which, like the API server, stores no write that changes
+nothing (such a write does not move the resourceVersion, so it fences nothing). The same paths run
+on the real control plane in ``tests/integration/test_fence.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+from kubernetes.aio.client.exceptions import ApiException
+
+from fake_kube import FakeKube, _error
+from flag_scheduler.forward import after_landing, setter_of
+from flag_scheduler.models import SCHEDULES, Marker
+from flag_scheduler.scheduling.apply import apply_schedule
+from flag_scheduler.scheduling.context import Ctx
+from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.scheduling.landed import FenceRefused, term_of
+from flag_scheduler.scheduling.settle import cancel_schedule
+from test_apply import NS, T0, add_flag, add_schedule, ctx, flag, kube, phase  # noqa: F401 - fixtures
+
+TOKEN = "flagscheduler.dev/fencing-token"
+KEY = (NS, "f")
+
+
+def refuse(kube: FakeKube, *writes: str) -> None:
+    """The next write of each kind is refused as a ValidatingAdmissionPolicy refuses it."""
+    for write in writes:
+        kube.hooks[write] = lambda: (_ for _ in ()).throw(_error(403, "Forbidden"))
+
+
+async def late_patch(kube: FakeKube, prepared: object, schedule: object) -> int:
+    """The PATCH a deposed leader (or an unanswered request) prepared earlier reaches the API server now."""
+    marker = after_landing(Marker(), setter_of(schedule), 1, {"enabled": True}, T0, lambda uid: False)
+    try:
+        await kube.patch_flag_spec(prepared, {"enabled": True}, marker, "term-1")
+    except ApiException as err:
+        return err.status
+    return 200
+
+
+def conditions(kube: FakeKube, name: str = "s") -> dict[str, dict]:
+    return {c["type"]: c for c in kube.objects[(SCHEDULES, NS, name)]["status"].get("conditions", [])}
+
+
+async def test_a_flag_that_refuses_the_token_annotation_is_fenced_through_its_status(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    schedule = add_schedule(kube, ctx, cancelled=True)
+    prepared = ctx.book.flag(KEY).ref  # what a deposed leader read before it froze
+    refuse(kube, "fence_flag")
+    await cancel_schedule(ctx, schedule)
+    assert phase(kube) == "Cancelled"
+    assert flag(kube)["status"]["fencingToken"] == "term-2"
+    assert await late_patch(kube, prepared, schedule) == 409
+    assert flag(kube)["spec"]["enabled"] is False
+
+
+async def test_a_flag_that_refuses_every_fencing_write_gets_no_untouched_phase_until_a_fence_lands(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    schedule = add_schedule(kube, ctx, cancelled=True)
+    for _ in range(2):  # refused twice: said once
+        refuse(kube, "fence_flag", "fence_flag_status")
+        with pytest.raises(FenceRefused):
+            await cancel_schedule(ctx, ctx.book.schedule(schedule.ref.uid))
+        assert phase(kube) == "Pending"
+        held = conditions(kube)["FenceRefused"]
+        assert held["status"] == "True" and "Cancelled is not recorded yet" in held["message"]
+    await asyncio.gather(*ctx.background)
+    assert [e for e in kube.events if e[2] == "FenceRefused"] == [("s", "Warning", "FenceRefused")]
+    await cancel_schedule(ctx, ctx.book.schedule(schedule.ref.uid))  # the policy was lifted
+    assert phase(kube) == "Cancelled"
+    assert conditions(kube)["FenceRefused"]["status"] == "False"
+    assert term_of(flag(kube)["metadata"]["annotations"][TOKEN]) == "term-2"
+
+
+async def test_an_unanswered_patch_is_fenced_when_a_schedule_this_replica_claimed_is_deleted(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    """The flag carries this term's token already; the retrying schedule is deleted; the PATCH that got no
+    answer must not commit afterwards, although the claim was this replica's own."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-2"})
+    schedule = add_schedule(kube, ctx, retry={"maxRetries": 3})
+    prepared = ctx.book.flag(KEY).ref
+    kube.hooks["patch_flag_spec"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
+    await apply_schedule(ctx, schedule)
+    assert phase(kube) == "Retrying"
+    body = copy.deepcopy(kube.objects[(SCHEDULES, NS, "s")])
+    kube.delete(SCHEDULES, NS, "s")
+    ctx.book.observe_schedule("DELETED", body)
+    assert ctx.book.suspects == {KEY: "me"}
+    dispatcher = Dispatcher(ctx)
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert not ctx.book.suspects and KEY not in ctx.unanswered
+    assert flag(kube)["metadata"]["annotations"][TOKEN].startswith("term-2.")  # changed, so it was stored
+    assert await late_patch(kube, prepared, schedule) == 409
+
+
+async def test_a_schedule_this_replica_claimed_costs_no_fence_when_every_patch_was_answered(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    add_schedule(kube, ctx)
+    body = copy.deepcopy(kube.objects[(SCHEDULES, NS, "s")])
+    kube.delete(SCHEDULES, NS, "s")
+    ctx.book.observe_schedule("DELETED", body)
+    dispatcher = Dispatcher(ctx)
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert not ctx.book.suspects
+    assert "fence_flag" not in kube.calls
+
+
+async def test_a_patch_cut_short_when_the_lead_is_lost_counts_as_unanswered(kube: FakeKube, ctx: Ctx) -> None:
+    add_flag(kube, ctx)
+    schedule = add_schedule(kube, ctx)
+    sent = asyncio.Event()
+
+    async def no_answer(*args: object) -> dict:
+        sent.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    kube.patch_flag_spec = no_answer  # type: ignore[method-assign]
+    work = asyncio.create_task(apply_schedule(ctx, schedule))
+    await sent.wait()
+    work.cancel()  # Dispatcher.stop, when the Lease is lost
+    with pytest.raises(asyncio.CancelledError):
+        await work
+    assert KEY in ctx.unanswered
