@@ -179,7 +179,7 @@ async def record_applied(ctx: Ctx, schedule: FlagSchedule, landing: Landing, due
         if fresh.ref.generation != generation:
             new = status.with_condition(new, fresh, SPEC_CHANGED, True, SPEC_CHANGED, changed(flag, generation),
                                         generation, now)
-        return new
+        return status.fence_landed(new, fresh, "Applied", now)
 
     written = await write_status(ctx, schedule, build)
     if written is None:

@@ -24,8 +24,6 @@ from flag_scheduler.scheduling.context import ApplyFailure, Ctx, StandDown, log_
 from flag_scheduler.scheduling.landed import FenceRefused, Landing, fence, landed_elsewhere, record_applied
 from flag_scheduler.timing import next_retry_at, retries_exhausted
 
-FENCE_REFUSED = "FenceRefused"
-
 async def settle_untouched(
     ctx: Ctx, schedule: FlagSchedule, phase: Phase, reason: str = "", message: str = "", **fields: Any
 ) -> bool:
@@ -61,20 +59,10 @@ async def settle_untouched(
     failpoints.reach("settle.before-status")
     now = ctx.clock()
 
-    def build(fresh: FlagSchedule) -> dict:
-        new = status.schedule_status(fresh, now, phase, reason, message, **fields)
-        if _held(fresh):
-            new = status.with_condition(new, fresh, FENCE_REFUSED, False, "Fenced",
-                                        f"the flag took the fencing write; {phase.value} recorded",
-                                        fresh.ref.generation, now)
-        return new
-
-    written = await write_status(ctx, schedule, build, same_spec=True)
+    written = await write_status(ctx, schedule, lambda fresh: status.fence_landed(status.schedule_status(
+        fresh, now, phase, reason, message, **fields,
+    ), fresh, phase.value, now), same_spec=True)
     return written is not None
-
-
-def _held(schedule: FlagSchedule) -> bool:
-    return any(c.type == FENCE_REFUSED and c.status == "True" for c in schedule.status.conditions)
 
 
 async def hold_unfenced(ctx: Ctx, schedule: FlagSchedule, phase: Phase, error: str) -> None:
@@ -85,13 +73,13 @@ async def hold_unfenced(ctx: Ctx, schedule: FlagSchedule, phase: Phase, error: s
     """
     message = (f"{phase.value} is not recorded yet: {error}; until a fencing write lands, a PATCH a replica "
                "that lost the lead prepared earlier could still change the flag. Tried again with backoff.")
-    if _held(schedule):
+    if status.held_by_fence(schedule):
         return  # said already: no status write or Event per retry
     now = ctx.clock()
     written = await write_status(ctx, schedule, lambda fresh: status.condition_status(
-        fresh, FENCE_REFUSED, True, "FlagRefusedFence", message, now), same_spec=True)
+        fresh, status.FENCE_REFUSED, True, "FlagRefusedFence", message, now), same_spec=True)
     if written is not None:
-        ctx.event(schedule, "Warning", FENCE_REFUSED, message)
+        ctx.event(schedule, "Warning", status.FENCE_REFUSED, message)
         log_for(schedule).warning("schedule.fence_refused", instead_of=phase.value, error=error)
 
 

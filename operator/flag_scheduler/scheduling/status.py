@@ -9,6 +9,8 @@ from flag_scheduler.models import Condition, FlagSchedule, Phase, rfc3339
 
 APPLIED = "Applied"
 FLAG_FOUND = "FlagFound"
+# True while the flag refuses every fencing write, so the outcome decided cannot be written yet.
+FENCE_REFUSED = "FenceRefused"
 
 
 def condition(
@@ -84,3 +86,16 @@ def condition_status(
     """A status in which only the condition ``type_`` changes (phase, counts and times are not sent)."""
     cond = condition(schedule.status.conditions, type_, value, reason, message, schedule.ref.generation, now)
     return {"conditions": _with(schedule.status.conditions, cond)}
+
+
+def held_by_fence(schedule: FlagSchedule) -> bool:
+    """The schedule says (``FenceRefused=True``) that its outcome waits for a fence to land."""
+    return any(c.type == FENCE_REFUSED and c.status == "True" for c in schedule.status.conditions)
+
+
+def fence_landed(new: dict[str, Any], schedule: FlagSchedule, outcome: str, now: datetime) -> dict[str, Any]:
+    """``new`` with ``FenceRefused`` turned False if the schedule was held by it (the outcome is written now)."""
+    if not held_by_fence(schedule):
+        return new
+    return with_condition(new, schedule, FENCE_REFUSED, False, "Fenced", f"a fence landed; {outcome} recorded",
+                          schedule.ref.generation, now)
