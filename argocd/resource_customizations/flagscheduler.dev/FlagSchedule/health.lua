@@ -44,6 +44,13 @@ end
 if not settled(phase) then
   local generation = (obj.metadata or {}).generation
   local observed = status.observedGeneration
+  -- The outcome is decided but cannot be recorded: the flag refuses every fencing write.
+  local held = true_condition("FenceRefused")
+  if held ~= nil then
+    hs.status = "Degraded"
+    hs.message = "FenceRefused: " .. held
+    return hs
+  end
   if spec.cancelled == true then
     hs.status = "Progressing"
     hs.message = "Cancellation requested; waiting for the flag-scheduler operator"
