@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,7 +82,7 @@ spec:
       - apiGroups: ["flagscheduler.dev"]
         apiVersions: ["*"]
         operations: ["UPDATE"]
-        resources: ["{resource}"]
+        resources: {resources}
   validations:
     - expression: "object.metadata.name != '{flag}' || !({when})"
       message: "{message}"
@@ -125,7 +127,9 @@ def deny_updates(kubectl: Kubectl, namespace: str) -> Iterator[Callable[..., Cal
     """Make the API server refuse updates of one flag, for real (ValidatingAdmissionPolicy).
 
     ``when`` (CEL on the updated ``object``) narrows the refusal, e.g. to one schedule's change;
-    ``probe`` is a merge patch that the policy refuses, used to wait until it takes effect.
+    ``probe`` is a merge patch that the policy refuses, used to wait until it takes effect;
+    ``resources`` are the ones the policy matches (``featureflags/status`` is not matched by default,
+    as a policy guarding flags usually is written).
     Returns a function that lifts the policy again.
     """
     names: list[str] = []
@@ -135,10 +139,11 @@ def deny_updates(kubectl: Kubectl, namespace: str) -> Iterator[Callable[..., Cal
                       "--dry-run=server", check=False)
         return "frozen by policy" in out.stderr
 
-    def deny(flag: str, when: str = "true", probe: str = '{"metadata":{"annotations":{"probe":"1"}}}'):
+    def deny(flag: str, when: str = "true", probe: str = '{"metadata":{"annotations":{"probe":"1"}}}',
+             resources: tuple[str, ...] = ("featureflags",)):
         name = f"deny-{namespace}-{flag}"
         kubectl("apply", "-f", "-", input=DENY_POLICY.format(
-            name=name, ns=namespace, resource="featureflags", flag=flag, when=when,
+            name=name, ns=namespace, resources=json.dumps(list(resources)), flag=flag, when=when,
             message=f"flag {flag} is frozen by policy"))
         names.append(name)
         wait_for(lambda: refused(flag, probe), what="the deny policy to take effect")

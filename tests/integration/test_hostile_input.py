@@ -137,7 +137,7 @@ def test_a_refused_status_write_backs_off_and_is_visible(
 ) -> None:
     policy = f"deny-status-{cluster.ns}"
     kubectl("apply", "-f", "-", input=DENY_POLICY.format(
-        name=policy, ns=cluster.ns, resource="flagschedules/status", flag="blocked", when="true",
+        name=policy, ns=cluster.ns, resources='["flagschedules/status"]', flag="blocked", when="true",
         message="status writes of blocked are refused by policy"))
     try:
         cluster.flag("stuck", enabled=False)
