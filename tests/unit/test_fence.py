@@ -134,3 +134,20 @@ async def test_a_patch_cut_short_when_the_lead_is_lost_counts_as_unanswered(kube
     with pytest.raises(asyncio.CancelledError):
         await work
     assert KEY in ctx.unanswered
+
+
+async def test_a_patch_that_lands_fences_this_replicas_own_unanswered_one(kube: FakeKube, ctx: Ctx) -> None:
+    """A PATCH of this term that lands moves the version past the unanswered one's precondition: no extra
+    fence is owed afterwards."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-2"})
+    first = add_schedule(kube, ctx, "a", retry={"maxRetries": 3})
+    prepared = ctx.book.flag(KEY).ref
+    kube.hooks["patch_flag_spec"] = lambda: (_ for _ in ()).throw(TimeoutError("no answer"))
+    await apply_schedule(ctx, first)
+    assert KEY in ctx.unanswered
+    await apply_schedule(ctx, ctx.book.schedule(first.ref.uid))  # the retry lands
+    assert phase(kube, "a") == "Applied" and KEY not in ctx.unanswered
+    cancelled = add_schedule(kube, ctx, "b", cancelled=True)
+    await cancel_schedule(ctx, cancelled)
+    assert phase(kube, "b") == "Cancelled" and "fence_flag" not in kube.calls
+    assert await late_patch(kube, prepared, first) == 409
