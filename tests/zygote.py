@@ -25,6 +25,7 @@ What differs from a fresh interpreter, and why it does not matter here:
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import os
 import selectors
@@ -43,7 +44,16 @@ PRELOAD = (
     "flag_scheduler.__main__",  # Kopf, the Kubernetes client, pydantic, structlog, the settings
     "flag_scheduler.scheduling.handlers",  # the scheduler (registers Kopf handlers, as main() would)
     "flag_scheduler.serving.flag_server",  # the flag server (gRPC, aiohttp)
+    "_strptime", "pwd", "tzdata.zoneinfo",  # imported on first use (timestamps, ~, time zones)
 )
+# The asyncio Kubernetes client imports an API class, and the pydantic models its methods name, on
+# first attribute access: CoreV1Api alone is about 250 models and a second of CPU, which every
+# scheduler paid after the fork (in ``Kube.__init__``) until the zygote took them too. The classes
+# the operator builds (kube.py, scheduling/leader.py); a new one shows up in ``sys.modules`` of a
+# fork that was not in the zygote's.
+PRELOAD_ATTRIBUTES = ("kubernetes.aio.client", (
+    "CoreV1Api", "CustomObjectsApi", "AdmissionregistrationV1Api", "CoordinationV1Api",
+))
 
 
 def enabled() -> bool:
@@ -61,6 +71,9 @@ def _serve(status_dir: Path) -> None:
     """Read one JSON request per line on stdin, fork it, answer its pid; reap children into ``status_dir``."""
     for module in PRELOAD:
         __import__(module)
+    package, names = PRELOAD_ATTRIBUTES
+    for name in names:
+        getattr(importlib.import_module(package), name)
     requests = os.fdopen(sys.stdin.fileno(), "rb", buffering=0)
     answers = sys.stdout.buffer
     wake_r, wake_w = os.pipe()
