@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from kubernetes import client as k8s
 from conftest import REPO, Kubectl
 from controlplane import ControlPlane
 from operator_harness import Cluster, FlagServerProcess, OperatorProcess, wait_for
+
+from .admission import MARKER_POLICY, MARKER_UID, SCHEDULE_POLICY, accepted, create, flag, grant, patch, schedule, wait_can
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
@@ -157,3 +160,28 @@ def deny_updates(kubectl: Kubectl, namespace: str) -> Iterator[Callable[..., Cal
     yield deny
     for name in names:
         kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def policies(kubectl: Kubectl, operator_manifests: None) -> None:
+    """The shipped policies in force: they load asynchronously, so probe with dry-run requests until refused.
+
+    Defined here, once, so each worker probes once (a fixture imported into several test modules is
+    a separate session fixture in each).
+    """
+    probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", probe)
+    try:
+        accepted(create(kubectl, probe, flag("probe")))
+        grant(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
+        grant(kubectl, probe, "carol", "get,patch", "featureflags.flagscheduler.dev", names="probe")
+        wait_can(kubectl, probe, "carol", "patch", "featureflags.flagscheduler.dev/probe")
+        wait_can(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
+        wait_for(lambda: SCHEDULE_POLICY in create(
+            kubectl, probe, schedule("probe", "not-carols"), "--dry-run=server", user="carol").stderr,
+            what="the schedule policy to take effect")
+        wait_for(lambda: MARKER_POLICY in patch(
+            kubectl, probe, "featureflag/probe", {"metadata": {"annotations": {MARKER_UID: "x"}}}, "--dry-run=server",
+            user="carol").stderr, what="the marker policy to take effect")
+    finally:
+        kubectl("delete", "namespace", probe, "--wait=false")

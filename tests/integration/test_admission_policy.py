@@ -26,13 +26,25 @@ from kubernetes import config as k8s_config
 from conftest import Kubectl
 from operator_harness import wait_for
 
+from .admission import (
+    API_VERSION,
+    MARKER_POLICY,
+    MARKER_UID,
+    SCHEDULE_POLICY,
+    accepted,
+    bind,
+    can_i,
+    create,
+    flag,
+    grant,
+    patch,
+    refused,
+    schedule,
+    wait_can,
+)
 from .conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 
-API_VERSION = "flagscheduler.dev/v1alpha1"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
-SCHEDULE_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-schedules-need-flag-patch'"
-MARKER_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-operator-annotations'"
-MARKER_UID = "flagscheduler.dev/last-applied-schedule-uid"
 MARKERS = {
     "flagscheduler.dev/last-applied-schedule": "go-live",
     MARKER_UID: "3f1c0d5e-0000-4000-8000-000000000001",
@@ -40,82 +52,6 @@ MARKERS = {
     "flagscheduler.dev/last-applied-at": "2030-01-01T09:00:00.012Z",
     "flagscheduler.dev/fencing-token": "7",
 }
-
-
-def flag(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, **({"annotations": annotations} if annotations else {})}
-    return {"apiVersion": API_VERSION, "kind": "FeatureFlag", "metadata": meta,
-            "spec": {"enabled": False, "rolloutPercentage": 0}}
-
-
-def schedule(name: str, flag_name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "FlagSchedule", "metadata": {"name": name},
-            "spec": {"flagRef": {"name": flag_name}, "scheduledAt": "2030-01-01T09:00:00Z",
-                     "updates": {"enabled": True}, **spec}}
-
-
-def create(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *extra: str, **kw: Any):
-    return kubectl("create", "-n", namespace, "-f", "-", *extra, input=json.dumps(obj), check=False, **kw)
-
-
-def patch(kubectl: Kubectl, namespace: str, what: str, body: dict[str, Any], *extra: str, **kw: Any):
-    return kubectl("patch", what, "-n", namespace, "--type=merge", "-p", json.dumps(body), *extra, check=False, **kw)
-
-
-def refused(result, *fragments: str) -> str:
-    assert result.returncode != 0, f"expected a refusal, got success:\n{result.stdout}"
-    for fragment in fragments:
-        assert fragment in result.stderr, f"{fragment!r} not in the API server's message:\n{result.stderr}"
-    return result.stderr
-
-
-def accepted(result) -> None:
-    assert result.returncode == 0, result.stderr
-
-
-def grant(kubectl: Kubectl, namespace: str, user: str, verbs: str, resource: str, names: str = "") -> None:
-    """A Role in ``namespace`` with ``verbs`` on ``resource`` (optionally only ``names``), bound to ``user``."""
-    role = f"{user}-{resource.split('.')[0]}-{uuid.uuid4().hex[:4]}"
-    kubectl("create", "role", role, f"--verb={verbs}", f"--resource={resource}", "-n", namespace,
-            *([f"--resource-name={names}"] if names else []))
-    kubectl("create", "rolebinding", role, f"--role={role}", f"--user={user}", "-n", namespace)
-
-
-def bind(kubectl: Kubectl, namespace: str, user: str, cluster_role: str) -> None:
-    kubectl("create", "rolebinding", f"{user}-{cluster_role}", f"--clusterrole={cluster_role}", f"--user={user}",
-            "-n", namespace)
-
-
-def can_i(kubectl: Kubectl, namespace: str, user: str, verb: str, what: str, *extra: str) -> bool:
-    """``kubectl auth can-i`` as ``user`` (a SelfSubjectAccessReview: what the authorizer says now)."""
-    result = kubectl("auth", "can-i", verb, what, "-n", namespace, *extra, user=user, check=False)
-    return result.stdout.strip() == "yes"
-
-
-def wait_can(kubectl: Kubectl, namespace: str, user: str, verb: str, what: str) -> None:
-    """Wait until the RBAC authorizer's cache has the new binding (it lags a moment behind the write)."""
-    wait_for(lambda: can_i(kubectl, namespace, user, verb, what), what=f"{user} may {verb} {what}")
-
-
-@pytest.fixture(scope="session")
-def policies(kubectl: Kubectl, operator_manifests: None) -> None:
-    """The shipped policies in force: they load asynchronously, so probe with dry-run requests until refused."""
-    probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", probe)
-    try:
-        accepted(create(kubectl, probe, flag("probe")))
-        grant(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
-        grant(kubectl, probe, "carol", "get,patch", "featureflags.flagscheduler.dev", names="probe")
-        wait_can(kubectl, probe, "carol", "patch", "featureflags.flagscheduler.dev/probe")
-        wait_can(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
-        wait_for(lambda: SCHEDULE_POLICY in create(
-            kubectl, probe, schedule("probe", "not-carols"), "--dry-run=server", user="carol").stderr,
-            what="the schedule policy to take effect")
-        wait_for(lambda: MARKER_POLICY in patch(
-            kubectl, probe, "featureflag/probe", {"metadata": {"annotations": {MARKER_UID: "x"}}}, "--dry-run=server",
-            user="carol").stderr, what="the marker policy to take effect")
-    finally:
-        kubectl("delete", "namespace", probe, "--wait=false")
 
 
 # -- 1. scheduling requires the right to change the flag --------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from conftest import Kubectl
 from operator_harness import wait_for
 
-from .test_admission_policy import accepted, flag, policies, schedule  # noqa: F401 - policies is a fixture
+from .admission import accepted, flag, schedule
 
 WARNING = ("Warning: Validation failed for ValidatingAdmissionPolicy 'flag-scheduler-schedule-warnings' with binding"
            " 'flag-scheduler-schedule-warnings': spec.scheduledAt ")
@@ -28,7 +28,7 @@ def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *extra: str):
 
 
 @pytest.fixture(scope="session")
-def warnings(kubectl: Kubectl, policies: None) -> None:  # noqa: F811
+def warnings(kubectl: Kubectl, policies: None) -> None:
     """The warning policy in force (policies load asynchronously): a dry-run create until it warns."""
     probe = f"warning-probe-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", probe)

@@ -19,7 +19,7 @@ from argocd_sync import git_flag, git_schedule, sync
 from conftest import REPO, Kubectl
 from operator_harness import wait_for
 
-from .test_admission_policy import MARKER_POLICY, SCHEDULE_POLICY, accepted, policies, refused  # noqa: F401
+from .admission import MARKER_POLICY, SCHEDULE_POLICY, accepted, refused
 
 INSTALL = REPO / "argocd" / "install"
 
@@ -44,7 +44,7 @@ class AsTenant:
 
 
 @pytest.fixture
-def tenant(kubectl: Kubectl, namespace: str, policies: None) -> AsTenant:  # noqa: F811
+def tenant(kubectl: Kubectl, namespace: str, policies: None) -> AsTenant:
     """The shop tenant installed in the test's namespace, with flags checkout-v2 (its own) and pricing (not)."""
     project = yaml.safe_load((INSTALL / "appproject.yaml").read_text())
     account = project["spec"]["destinationServiceAccounts"][0]["defaultServiceAccount"]

@@ -13,7 +13,7 @@ import pytest
 from conftest import Kubectl
 from operator_harness import wait_for
 
-from .test_admission_policy import accepted, create, flag, grant, patch, refused, wait_can
+from .admission import accepted, create, flag, grant, patch, refused, wait_can
 
 CRON_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-cron-schedules-need-flag-patch'"
 

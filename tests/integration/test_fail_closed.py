@@ -16,15 +16,13 @@ from conftest import REPO, Kubectl
 from controlplane import free_port
 from operator_harness import Cluster, OperatorProcess, in_seconds, scrape_metrics, wait_for
 
-from .test_admission_policy import policies  # noqa: F401 - the shipped policies in force
-
 CHECKED = {"FLAG_SCHEDULER_ADMISSION_POLICIES": "check", "FLAG_SCHEDULER_ADMISSION_CHECK_SECONDS": "1"}
 BINDING = "flag-scheduler-schedules-need-flag-patch"
 GAUGE = "flag_scheduler_admission_policies_missing"
 
 
 def test_with_its_policies_in_force_the_operator_applies(
-    cluster: Cluster, start_operator: Callable[..., OperatorProcess], policies: None  # noqa: F811
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], policies: None
 ) -> None:
     port = free_port()
     operator = start_operator(FLAG_SCHEDULER_METRICS_PORT=str(port), **CHECKED)
@@ -36,7 +34,7 @@ def test_with_its_policies_in_force_the_operator_applies(
 
 
 @pytest.fixture
-def binding_deleted(kubectl: Kubectl, policies: None) -> Iterator[Callable[[], None]]:  # noqa: F811
+def binding_deleted(kubectl: Kubectl, policies: None) -> Iterator[Callable[[], None]]:
     """The binding of the schedule policy deleted; returns a function that restores it (and so does teardown)."""
     kubectl("delete", "validatingadmissionpolicybinding", BINDING)
 
@@ -93,7 +91,7 @@ def test_the_external_setting_applies_without_the_policies(
 
 
 def test_an_operator_that_may_not_read_the_policies_applies_nothing(
-    cluster: Cluster, kubectl: Kubectl, start_operator: Callable[..., OperatorProcess], policies: None,  # noqa: F811
+    cluster: Cluster, kubectl: Kubectl, start_operator: Callable[..., OperatorProcess], policies: None,
 ) -> None:
     """Unknown is not in force: a ServiceAccount without the admission-reader role is held, and told what to grant."""
     sa = f"no-reader-{uuid.uuid4().hex[:6]}"

@@ -15,14 +15,13 @@ import pytest
 
 from conftest import Kubectl
 
-from .test_admission_policy import (  # noqa: F401 - policies is a session fixture
+from .admission import (
     SCHEDULE_POLICY,
     accepted,
     create,
     flag,
     grant,
     patch,
-    policies,
     refused,
     schedule,
     wait_can,
@@ -39,7 +38,7 @@ def may_not(user: str, flag_name: str, namespace: str) -> str:
 
 
 @pytest.fixture
-def team(kubectl: Kubectl, namespace: str, policies: None) -> str:  # noqa: F811
+def team(kubectl: Kubectl, namespace: str, policies: None) -> str:
     """Flags checkout-v2 and pricing, the admin's schedule go-live of checkout-v2; carol edits schedules only."""
     for name in ("checkout-v2", "pricing"):
         accepted(create(kubectl, namespace, flag(name)))
