@@ -19,6 +19,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CLIENTS = Path(__file__).resolve().parent
@@ -63,14 +64,21 @@ def install_all() -> None:
     """Every client's dependencies; fast once done."""
     with open(CLIENTS / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        steps = []
         for folder in (JS, BROWSER):
             (folder / "node_modules").mkdir(exist_ok=True)
-            _stamped(folder, "package-lock.json", folder / "node_modules" / ".flag-scheduler-stamp",
-                     ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            steps.append((folder, "package-lock.json", folder / "node_modules" / ".flag-scheduler-stamp",
+                          ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]))
         (JAVA / "target").mkdir(exist_ok=True)
-        _stamped(JAVA, "pom.xml", JAVA / "target" / ".flag-scheduler-stamp",
-                 ["mvn", "-q", "-B", "-Dstyle.color=never", "dependency:build-classpath", "-Dmdep.outputFile=target/classpath.txt"])
-        chromium()
+        steps.append((JAVA, "pom.xml", JAVA / "target" / ".flag-scheduler-stamp",
+                      ["mvn", "-q", "-B", "-Dstyle.color=never", "dependency:build-classpath",
+                       "-Dmdep.outputFile=target/classpath.txt"]))
+        # Each step writes only its own folder, and most of their time is waiting on the network or
+        # the disk: side by side. list() re-raises the first failure.
+        with ThreadPoolExecutor(len(steps) + 1) as pool:
+            chromium_path = pool.submit(chromium)
+            list(pool.map(lambda step: _stamped(*step), steps))
+            chromium_path.result()
 
 
 if __name__ == "__main__":
