@@ -8,13 +8,14 @@ shown with the control plane's real users.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
 
 from conftest import REPO, Kubectl
 from operator_harness import wait_for
+
+from .admission import grant, wait_can
 
 API_VERSION = "flagscheduler.dev/v1alpha1"
 POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-rollouts-need-flag-patch'"
@@ -104,17 +105,6 @@ def test_the_spec_is_frozen_once_completed_and_the_steps_once_started(
 # -- creating or changing a rollout needs the right to patch its flag ------------------------
 
 
-def grant(kubectl: Kubectl, namespace: str, user: str, verbs: str, resource: str, names: str = "") -> None:
-    role = f"{user}-{resource.split('.')[0]}-{uuid.uuid4().hex[:4]}"
-    kubectl("create", "role", role, f"--verb={verbs}", f"--resource={resource}", "-n", namespace,
-            *([f"--resource-name={names}"] if names else []))
-    kubectl("create", "rolebinding", role, f"--role={role}", f"--user={user}", "-n", namespace)
-
-
-def can_i(kubectl: Kubectl, namespace: str, user: str, verb: str, what: str) -> bool:
-    return kubectl("auth", "can-i", verb, what, "-n", namespace, user=user, check=False).stdout.strip() == "yes"
-
-
 def test_a_user_without_patch_on_the_flag_cannot_create_or_steer_a_rollout(
     kubectl: Kubectl, namespace: str, operator_manifests: None
 ) -> None:
@@ -123,8 +113,8 @@ def test_a_user_without_patch_on_the_flag_cannot_create_or_steer_a_rollout(
                                              "metadata": {"name": name}, "spec": {"enabled": False}}))
     grant(kubectl, namespace, "alice", "create,get,patch", "flagrollouts.flagscheduler.dev")
     grant(kubectl, namespace, "alice", "get,patch", "featureflags.flagscheduler.dev", names="mine")
-    wait_for(lambda: can_i(kubectl, namespace, "alice", "patch", "featureflags.flagscheduler.dev/mine")
-             and can_i(kubectl, namespace, "alice", "create", "flagrollouts.flagscheduler.dev"), what="alice's roles")
+    wait_can(kubectl, namespace, "alice", "patch", "featureflags.flagscheduler.dev/mine")
+    wait_can(kubectl, namespace, "alice", "create", "flagrollouts.flagscheduler.dev")
     # The policy loads asynchronously after manifests/ was applied: wait until it refuses.
     wait_for(lambda: POLICY in create(kubectl, namespace, rollout("probe", "theirs"), "--dry-run=server",
                                       user="alice").stderr, what="the rollout policy to take effect")
@@ -140,7 +130,7 @@ def test_a_user_without_patch_on_the_flag_cannot_create_or_steer_a_rollout(
     refused(patch(kubectl, namespace, "fro/ramp-theirs", {"spec": {"abort": True}}, user="alice"), POLICY)
     # Nor withdraw its steps by deleting it while it runs; her own she may delete.
     grant(kubectl, namespace, "alice", "delete", "flagrollouts.flagscheduler.dev")
-    wait_for(lambda: can_i(kubectl, namespace, "alice", "delete", "flagrollouts.flagscheduler.dev"), what="delete")
+    wait_can(kubectl, namespace, "alice", "delete", "flagrollouts.flagscheduler.dev")
     refused(kubectl("delete", "fro", "ramp-theirs", "-n", namespace, user="alice", check=False), POLICY,
             "deleting one that has not ended withdraws its steps")
     accepted(kubectl("delete", "fro", "ramp-mine", "-n", namespace, user="alice", check=False))
