@@ -151,3 +151,32 @@ async def test_a_patch_that_lands_fences_this_replicas_own_unanswered_one(kube: 
     await cancel_schedule(ctx, cancelled)
     assert phase(kube, "b") == "Cancelled" and "fence_flag" not in kube.calls
     assert await late_patch(kube, prepared, first) == 409
+
+
+async def test_a_suspect_flag_that_refuses_every_fence_is_not_fenced_again_on_every_turn(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    """A refusal by a policy is permanent until someone lifts it: the suspect stays (no untouched phase
+    may rely on it), but its fence is tried again with backoff, not on each turn of the loop (at least
+    every HEARTBEAT, and on every wake-up)."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    body = kube.create(SCHEDULES, {
+        "metadata": {"namespace": NS, "name": "s"},
+        "spec": {"flagRef": {"name": "f"}, "scheduledAt": T0.isoformat(), "updates": {"enabled": True}},
+        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "deposed"},  # the last leader's claim
+    })
+    ctx.book.put_schedule(body)
+    kube.delete(SCHEDULES, NS, "s")
+    ctx.book.observe_schedule("DELETED", body)
+    assert ctx.book.suspects == {KEY: "deposed"}
+    dispatcher = Dispatcher(ctx)
+    refuse(kube, "fence_flag", "fence_flag_status")
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert ctx.book.suspects == {KEY: "deposed"}  # not fenced: it stays a suspect
+    assert kube.calls.count("fence_flag") == 1
+    for _ in range(3):  # the next turns, at once (a burst of watch events wakes the loop)
+        refuse(kube, "fence_flag", "fence_flag_status")
+        dispatcher._end_of_life(T0)
+        await asyncio.gather(*dispatcher._tasks)
+    assert kube.calls.count("fence_flag") == 1, kube.calls
