@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import timedelta
 
 import pytest
 from kubernetes.aio.client.exceptions import ApiException
@@ -180,3 +181,7 @@ async def test_a_suspect_flag_that_refuses_every_fence_is_not_fenced_again_on_ev
         dispatcher._end_of_life(T0)
         await asyncio.gather(*dispatcher._tasks)
     assert kube.calls.count("fence_flag") == 1, kube.calls
+    kube.hooks.clear()  # the policy was lifted
+    dispatcher._end_of_life(T0 + timedelta(seconds=2))  # the first pause is over: tried again, lands
+    await asyncio.gather(*dispatcher._tasks)
+    assert kube.calls.count("fence_flag") == 2 and not ctx.book.suspects

@@ -83,6 +83,8 @@ class Dispatcher:
         self._held: set[Key] = set()
         self._told: set[str] = set()
         self._fencing: set[Key] = set()
+        self._fence_after: dict[Key, datetime] = {}  # a suspect whose fence failed: not before then
+        self._fence_tries: dict[Key, int] = {}
         self._due: set[Key] = set()  # flags started because their head of line was due
         self._none_due = asyncio.Event()
         self._none_due.set()
@@ -169,15 +171,17 @@ class Dispatcher:
     def _end_of_life(self, now: datetime) -> None:
         """Fence suspect flags; delete finished schedules whose TTL ran out; fail unreadable ones."""
         book, me = self.ctx.book, self.ctx.settings.identity
-        # A suspect leaves only once fenced (a failed fence is tried again on the next turn). A claim
+        # A suspect leaves only once fenced (a failed fence is tried again later, backing off: a flag
+        # that refuses every fencing write refuses it until someone lifts the policy). A claim
         # of this replica's needs none (its own work re-reads the schedule before the PATCH) unless a
         # PATCH of its on that flag got no answer (``Ctx.unanswered``): that one may still commit.
         for key, claimant in list(book.suspects.items()):
             if claimant == me and key not in self.ctx.unanswered:
                 book.suspects.pop(key, None)
-            elif key not in self._fencing:
+            elif key not in self._fencing and self._fence_after.get(key, now) <= now:
                 self._fencing.add(key)
-                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
+                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k),
+                            lambda k=key: self._fence_later(k, now))
         for expiry in book.pop_expired(now):
             self._spawn(delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
@@ -190,6 +194,13 @@ class Dispatcher:
         """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
         await fence(self.ctx, key)
         self.ctx.book.suspects.pop(key, None)
+        self._fence_after.pop(key, None)
+        self._fence_tries.pop(key, None)
+
+    def _fence_later(self, key: Key, now: datetime) -> None:
+        """A suspect flag's fence failed: try again after 2 s, 4 s, ... up to 5 min."""
+        tries = self._fence_tries[key] = self._fence_tries.get(key, 0) + 1
+        self._fence_after[key] = now + min(MAX_ERROR_PAUSE, ERROR_PAUSE * 2 ** min(tries - 1, 20))
 
     def _later(self, uid: str, now: datetime) -> None:
         """An unreadable schedule could not be marked Failed: try again later, backing off."""
@@ -318,6 +329,8 @@ class Dispatcher:
         self._heap.clear()
         self._planned.clear()
         self._paused_until.clear()
+        self._fence_after.clear()  # a new term fences its suspects at once
+        self._fence_tries.clear()
         self._errors.clear()
         self._held.clear()
         self._due.clear()
