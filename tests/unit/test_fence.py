@@ -185,3 +185,29 @@ async def test_a_suspect_flag_that_refuses_every_fence_is_not_fenced_again_on_ev
     dispatcher._end_of_life(T0 + timedelta(seconds=2))  # the first pause is over: tried again, lands
     await asyncio.gather(*dispatcher._tasks)
     assert kube.calls.count("fence_flag") == 2 and not ctx.book.suspects
+
+
+async def test_a_claimed_schedule_edited_into_one_the_operator_cannot_read_is_failed_only_after_a_fence(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    """The last leader claimed the schedule and froze before its PATCH; the schedule is then edited into a
+    spec the operator cannot interpret (one stored under an older CRD). ``Failed`` (InvalidSpec) says the
+    flag was not changed, so the PATCH prepared earlier must fail afterwards."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    schedule = ctx.book.put_schedule(kube.create(SCHEDULES, {
+        "metadata": {"namespace": NS, "name": "s"},
+        "spec": {"flagRef": {"name": "f"}, "scheduledAt": T0.isoformat(), "updates": {"enabled": True}},
+        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "deposed"},
+    }))
+    prepared = ctx.book.flag(KEY).ref  # what the deposed leader read before it froze
+    stored = kube.objects[(SCHEDULES, NS, "s")]
+    stored["spec"]["scheduledAt"] = "0000-01-01T00:00:00Z"
+    stored["metadata"].update(generation=2, resourceVersion=str(next(kube._rv)))
+    ctx.book.observe_schedule("MODIFIED", copy.deepcopy(stored))
+    assert schedule.ref.uid in ctx.book.unreadable
+    dispatcher = Dispatcher(ctx)
+    dispatcher._end_of_life(T0)
+    await asyncio.gather(*dispatcher._tasks)
+    assert phase(kube) == "Failed"
+    assert await late_patch(kube, prepared, schedule) == 409, "Failed (InvalidSpec), yet the PATCH landed"
+    assert flag(kube)["spec"]["enabled"] is False
