@@ -20,6 +20,7 @@ from flag_scheduler.models import SCHEDULES, Marker
 from flag_scheduler.scheduling.apply import apply_schedule
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.dispatcher import Dispatcher
+from flag_scheduler.scheduling.finished import reject_unreadable
 from flag_scheduler.scheduling.landed import FenceRefused, term_of
 from flag_scheduler.scheduling.settle import cancel_schedule
 from test_apply import NS, T0, add_flag, add_schedule, ctx, flag, kube, phase  # noqa: F401 - fixtures
@@ -204,10 +205,8 @@ async def test_a_claimed_schedule_edited_into_one_the_operator_cannot_read_is_fa
     stored["spec"]["scheduledAt"] = "0000-01-01T00:00:00Z"
     stored["metadata"].update(generation=2, resourceVersion=str(next(kube._rv)))
     ctx.book.observe_schedule("MODIFIED", copy.deepcopy(stored))
-    assert schedule.ref.uid in ctx.book.unreadable
-    dispatcher = Dispatcher(ctx)
-    dispatcher._end_of_life(T0)
-    await asyncio.gather(*dispatcher._tasks)
+    assert ctx.book.suspects == {KEY: "deposed"}  # fenced by the dispatcher's turn, and:
+    await reject_unreadable(ctx, ctx.book.unreadable[schedule.ref.uid])  # alone, whichever runs first
     assert phase(kube) == "Failed"
     assert await late_patch(kube, prepared, schedule) == 409, "Failed (InvalidSpec), yet the PATCH landed"
     assert flag(kube)["spec"]["enabled"] is False

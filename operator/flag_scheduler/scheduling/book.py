@@ -55,6 +55,9 @@ class Unreadable(NamedTuple):
 
     ref: ObjectRef
     error: str
+    # The flag of the readable version it replaced, if that one was claimed: the claimant may still
+    # have a PATCH in flight there, so that flag is fenced before ``Failed`` (the flag untouched).
+    fence: Key | None = None
 
 
 class Book:
@@ -129,7 +132,12 @@ class Book:
         held = self._live.get(ref.uid)
         touched = [] if held is None or _version(held.ref.resource_version) >= _version(ref.resource_version) \
             else self.drop_schedule(ref.uid, forget=False)
-        self.unreadable[ref.uid] = Unreadable(ref, error)
+        earlier = self.unreadable.get(ref.uid)
+        fence = earlier.fence if earlier is not None else None
+        if touched and held is not None and held.status.claimed_by:
+            self._suspect(held)  # changed like any claimed schedule whose spec moved on
+            fence = flag_key(held)
+        self.unreadable[ref.uid] = Unreadable(ref, error, fence)
         return touched
 
     def _record_finished(self, body: dict[str, Any]) -> list[Key]:

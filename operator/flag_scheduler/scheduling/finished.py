@@ -7,7 +7,9 @@ so a schedule re-created under the name, or changed since, is never deleted by m
 A schedule the API server admitted but the operator cannot interpret (the schema and the models
 disagree on some corner of a value) becomes ``Failed`` with the reason ``InvalidSpec`` and a
 Warning Event naming the field, instead of staying ``Pending`` in silence. It cannot have changed
-its flag (the operator never read it), so no marker check is needed.
+its flag (the operator never read it), so no marker check is needed; but if it replaced a readable
+version that some replica claimed, that replica may still have a PATCH in flight on that version's
+flag, so the flag is fenced first (``landed.fence``), as before any phase that leaves a flag untouched.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.book import Expiry, Unreadable
+from flag_scheduler.scheduling.landed import fence
 from flag_scheduler.kube import describe
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import rfc3339
@@ -38,6 +41,8 @@ async def delete_expired(ctx: Ctx, expiry: Expiry) -> None:
 
 async def reject_unreadable(ctx: Ctx, item: Unreadable) -> None:
     """Mark an uninterpretable schedule Failed (InvalidSpec), with a Warning Event naming the field."""
+    if item.fence is not None:
+        await fence(ctx, item.fence)  # raises if no fence landed: tried again later, nothing written
     now = rfc3339(ctx.clock())
     message = f"the operator cannot interpret this schedule: {item.error}"
     status = {
