@@ -172,3 +172,26 @@ def test_a_deleted_schedule_this_replica_claimed_cannot_land_through_a_patch_tha
     released = _deliver_late(op)
     assert cluster.get_flag("late")["spec"]["enabled"] is False, "a deleted schedule's change landed"
     assert released["code"] == 409, released
+
+
+def test_a_claimed_schedule_edited_into_one_the_operator_cannot_read_is_failed_only_after_a_fence(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], operator_kubeconfig: Path,
+) -> None:
+    """The frozen leader claimed the schedule; the user edits it into a rule the CRD admits but the
+    operator refuses (``updates.targeting`` is checked by the operator). The successor writes Failed
+    (InvalidSpec), which says the flag was not changed: the frozen leader's PATCH must fail."""
+    frozen = FrozenLeader(cluster, start_operator, operator_kubeconfig)
+    cluster.patch_schedule("risky", {"updates": {"enabled": True, "targeting": {"fractional": "oops"}}})
+    frozen.second = frozen._start_second()
+    frozen.second.wait_log("leader.acquired", timeout=20)
+    status = cluster.wait_phase("risky", "Failed", timeout=20)
+    assert condition(status, "Applied")["reason"] == "InvalidSpec", status
+    resumed_at = len(frozen.first.log_lines())
+    frozen.first.send(signal.SIGCONT)
+    ended = ("flag.stand_down", "schedule.applied", "flag.error", "schedule.retrying", "schedule.failed")
+    wait_for(lambda: cluster.get_flag("fenced")["spec"]["enabled"]
+             or any(line.get("event") in ended for line in frozen.first.log_lines()[resumed_at:]),
+             timeout=20, what="the deposed leader to stand down (or its PATCH to land)")
+    flag = cluster.get_flag("fenced")
+    assert flag["spec"]["enabled"] is False, "Failed (InvalidSpec), yet the deposed leader's PATCH landed"
+    assert LAST_SCHEDULE not in (flag["metadata"].get("annotations") or {})
