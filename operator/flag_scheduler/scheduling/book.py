@@ -133,7 +133,7 @@ class Book:
         touched = [] if held is None or _version(held.ref.resource_version) >= _version(ref.resource_version) \
             else self.drop_schedule(ref.uid, forget=False)
         earlier = self.unreadable.get(ref.uid)
-        fence = earlier.fence if earlier is not None else None
+        fence = earlier.fence if earlier is not None else _claimed_flag(body, ref)
         if touched and held is not None and held.status.claimed_by:
             self._suspect(held)  # changed like any claimed schedule whose spec moved on
             fence = flag_key(held)
@@ -329,6 +329,19 @@ class Book:
         finished; one seen unreadable still waits.
         """
         return uid in self._live or uid in self.unreadable
+
+
+def _claimed_flag(body: dict[str, Any], ref: ObjectRef) -> Key | None:
+    """The flag an unreadable schedule names, if its status says a replica claimed it (seen cold, from a LIST).
+
+    A replica that saw the readable version it replaced knows that version's flag (``flag_key``); one
+    that starts cold knows only the flag this version names, which is the same unless the edit moved it.
+    """
+    status, spec = body.get("status") or {}, body.get("spec") or {}
+    name = (spec.get("flagRef") or {}).get("name") if isinstance(spec.get("flagRef"), dict) else None
+    if not status.get("claimedBy") or not isinstance(name, str) or not name:
+        return None
+    return (ref.namespace, name)
 
 
 def _awaiting_uids(flag: FeatureFlag | None) -> list[str]:
