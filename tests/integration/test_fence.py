@@ -195,3 +195,23 @@ def test_a_claimed_schedule_edited_into_one_the_operator_cannot_read_is_failed_o
     flag = cluster.get_flag("fenced")
     assert flag["spec"]["enabled"] is False, "Failed (InvalidSpec), yet the deposed leader's PATCH landed"
     assert LAST_SCHEDULE not in (flag["metadata"].get("annotations") or {})
+
+
+def test_a_cancellation_held_by_a_refused_fence_does_not_hold_up_the_flags_due_schedule(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], operator_kubeconfig: Path,
+    deny_updates: Callable,
+) -> None:
+    """The policy refuses every write that leaves the flag off, the status too: no fence lands for the
+    cancelled schedule. The due schedule turns the flag on (admitted) and must land; its PATCH is a
+    write of this term, so the cancellation is recorded afterwards."""
+    cluster.flag("held", enabled=False)
+    deny_updates("held", **OFF_REFUSED, resources=("featureflags", "featureflags/status"))
+    cluster.schedule("withdrawn", "held", in_seconds(3600), {"rolloutPercentage": 5}, cancelled=True)
+    cluster.schedule("due", "held", in_seconds(2), {"enabled": True})
+    start_operator(operator_kubeconfig, FLAG_SCHEDULER_LEASE_NAMESPACE="flag-scheduler-system",
+                   FLAG_SCHEDULER_LEASE_NAME=f"fence-{cluster.ns}")
+    cluster.wait_event("withdrawn", "FenceRefused", "Warning", timeout=20)
+    cluster.wait_phase("due", "Applied", timeout=30)
+    assert cluster.get_flag("held")["spec"]["enabled"] is True
+    status = cluster.wait_phase("withdrawn", "Cancelled", timeout=30)
+    assert condition(status, "FenceRefused")["status"] == "False"

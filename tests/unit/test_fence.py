@@ -8,6 +8,7 @@ on the real control plane in ``tests/integration/test_fence.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from datetime import timedelta
 
@@ -210,3 +211,33 @@ async def test_a_claimed_schedule_edited_into_one_the_operator_cannot_read_is_fa
     assert phase(kube) == "Failed"
     assert await late_patch(kube, prepared, schedule) == 409, "Failed (InvalidSpec), yet the PATCH landed"
     assert flag(kube)["spec"]["enabled"] is False
+
+
+def refuse_always(kube: FakeKube, *writes: str) -> None:
+    """Every write of each kind is refused, as by a policy nobody lifted."""
+    def arm(write: str) -> None:
+        def refused() -> None:
+            arm(write)
+            raise _error(403, "Forbidden")
+        kube.hooks[write] = refused
+    for write in writes:
+        arm(write)
+
+
+async def test_a_cancellation_held_by_a_refused_fence_does_not_hold_up_the_flags_due_schedule(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    """A policy that refuses every write leaving the flag off refuses both fencing writes, yet admits a
+    schedule that turns it on. The held cancellation of one schedule must not keep the due one from
+    landing, the more so as that PATCH is itself a write of this term (it fences the flag)."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    add_schedule(kube, ctx, "a", at=T0 + timedelta(hours=1), cancelled=True)
+    add_schedule(kube, ctx, "b")
+    refuse_always(kube, "fence_flag", "fence_flag_status")
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    with contextlib.suppress(FenceRefused):
+        await dispatcher._work_due(KEY)
+    assert conditions(kube, "a")["FenceRefused"]["status"] == "True"
+    assert phase(kube, "b") == "Applied", "the due schedule waits for another one's fence"
+    assert flag(kube)["spec"]["enabled"] is True
