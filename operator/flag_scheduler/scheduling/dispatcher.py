@@ -37,7 +37,7 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.apply import apply_schedule, claim
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
-from flag_scheduler.scheduling.landed import fence
+from flag_scheduler.scheduling.landed import FenceRefused, fence
 from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
 from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
 from flag_scheduler.scheduling.book import Key
@@ -279,10 +279,21 @@ class Dispatcher:
     async def _work_due(self, flag: Key) -> None:
         """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
         ctx = self.ctx
+        # A cancellation the flag's refused fence holds up (``FenceRefused``) must not hold up the
+        # flag's other work: a due schedule's PATCH is itself a write of this term, which fences.
+        # It is skipped for this round, and raised at the end so the flag is looked at again with backoff.
+        held: FenceRefused | None = None
+        held_uids: set[str] = set()
         while self.leading.is_set() and ctx.is_leader():
             now = ctx.clock()
             for schedule in ctx.book.cancelled_of(flag):
-                await cancel_schedule(ctx, schedule)
+                if schedule.ref.uid in held_uids:
+                    continue
+                try:
+                    await cancel_schedule(ctx, schedule)
+                except FenceRefused as refused:
+                    held = refused
+                    held_uids.add(schedule.ref.uid)
             head = ctx.book.head(flag)
             todo = Action.WAIT if head is None else action(head, now)
             if todo is Action.APPLY and (why := ctx.holding()) is not None:
@@ -300,6 +311,8 @@ class Dispatcher:
         for schedule in ctx.book.untidy_of(flag):
             if self.leading.is_set():
                 await tidy_schedule(ctx, schedule, owner)
+        if held is not None:
+            raise held
 
     def _claimed_elsewhere(self, schedule: Any) -> bool:
         """The schedule is live and claimed by another replica (this one took over since)."""
