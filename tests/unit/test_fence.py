@@ -241,3 +241,21 @@ async def test_a_cancellation_held_by_a_refused_fence_does_not_hold_up_the_flags
     assert conditions(kube, "a")["FenceRefused"]["status"] == "True"
     assert phase(kube, "b") == "Applied", "the due schedule waits for another one's fence"
     assert flag(kube)["spec"]["enabled"] is True
+
+
+async def test_a_missed_schedule_held_by_a_refused_fence_does_not_hold_up_the_next_due_one(
+    kube: FakeKube, ctx: Ctx
+) -> None:
+    """The same policy; the head of line missed its deadline, so Missed waits for a fence that is refused.
+    The next schedule, due and admitted, must still land (its PATCH fences the flag)."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    add_schedule(kube, ctx, "a", at=T0 - timedelta(hours=1), startingDeadlineSeconds=60,
+                 updates={"rolloutPercentage": 5})
+    add_schedule(kube, ctx, "b")
+    refuse_always(kube, "fence_flag", "fence_flag_status")
+    dispatcher = Dispatcher(ctx)
+    dispatcher.leading.set()
+    with contextlib.suppress(FenceRefused):
+        await dispatcher._work_due(KEY)
+    assert conditions(kube, "a")["FenceRefused"]["status"] == "True"
+    assert phase(kube, "b") == "Applied", "the due schedule waits for another one's fence"
