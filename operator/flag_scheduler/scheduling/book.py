@@ -243,10 +243,10 @@ class Book:
         queue = self._queues.get(flag)
         return [] if queue is None else list(queue.schedules.values())
 
-    def head(self, flag: Key) -> FlagSchedule | None:
-        """The flag's schedule that goes next: the earliest live one not cancelled."""
+    def head(self, flag: Key, skip: frozenset[str] | set[str] = frozenset()) -> FlagSchedule | None:
+        """The flag's schedule that goes next: the earliest live one not cancelled (nor in ``skip``, by uid)."""
         queue = self._queues.get(flag)
-        return None if queue is None else queue.head()
+        return None if queue is None else queue.head(skip)
 
     def cancelled_of(self, flag: Key) -> list[FlagSchedule]:
         """The flag's live schedules with ``spec.cancelled`` (to be marked Cancelled now)."""

@@ -279,9 +279,10 @@ class Dispatcher:
     async def _work_due(self, flag: Key) -> None:
         """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
         ctx = self.ctx
-        # A cancellation the flag's refused fence holds up (``FenceRefused``) must not hold up the
-        # flag's other work: a due schedule's PATCH is itself a write of this term, which fences.
-        # It is skipped for this round, and raised at the end so the flag is looked at again with backoff.
+        # An outcome the flag's refused fence holds up (``FenceRefused``: a cancellation, or the head's
+        # Missed/Failed/Superseded) must not hold up the flag's other work: a due schedule's PATCH is
+        # itself a write of this term, which fences. That schedule is passed over for this round, and
+        # the refusal raised at the end so the flag is looked at again with backoff.
         held: FenceRefused | None = None
         held_uids: set[str] = set()
         while self.leading.is_set() and ctx.is_leader():
@@ -294,15 +295,17 @@ class Dispatcher:
                 except FenceRefused as refused:
                     held = refused
                     held_uids.add(schedule.ref.uid)
-            head = ctx.book.head(flag)
+            head = ctx.book.head(flag, held_uids)
             todo = Action.WAIT if head is None else action(head, now)
             if todo is Action.APPLY and (why := ctx.holding()) is not None:
                 self._hold(flag, head, why)
                 break
-            if todo is Action.APPLY:
-                await apply_schedule(ctx, head)
-            elif todo is Action.MISS:
-                await miss_schedule(ctx, head)
+            if todo in (Action.APPLY, Action.MISS):
+                try:
+                    await (apply_schedule if todo is Action.APPLY else miss_schedule)(ctx, head)
+                except FenceRefused as refused:
+                    held = refused
+                    held_uids.add(head.ref.uid)
             else:
                 if head is not None and self._claimed_elsewhere(head) and due_at(head) - now <= CLAIM_AHEAD:
                     await claim(ctx, head)

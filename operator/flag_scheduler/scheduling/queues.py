@@ -61,9 +61,11 @@ class FlagQueue:
         if at < len(self._order) and self._order[at] == key:
             del self._order[at]
 
-    def head(self) -> FlagSchedule | None:
-        """The schedule that goes next: the earliest not cancelled (``timing.head_of_line``)."""
-        return self.schedules[self._order[0][2]] if self._order else None
+    def head(self, skip: frozenset[str] | set[str] = frozenset()) -> FlagSchedule | None:
+        """The schedule that goes next: the earliest not cancelled (``timing.head_of_line``), uids in ``skip`` passed over."""
+        if not skip:
+            return self.schedules[self._order[0][2]] if self._order else None
+        return next((self.schedules[uid] for _, _, uid in self._order if uid not in skip), None)
 
     def retidy(self, flag: FeatureFlag | None) -> None:
         """The flag appeared, went, or was re-created: work out again which schedules owe housekeeping."""
