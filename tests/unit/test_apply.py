@@ -166,8 +166,8 @@ async def test_a_patch_that_got_no_answer_cannot_commit_after_the_schedule_is_se
 
 
 async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube, ctx: Ctx) -> None:
-    """On takeover every suspect is fenced, and a fence that fails is tried again on the next turn
-    instead of being forgotten."""
+    """On takeover every suspect is fenced, and a fence that fails is tried again once its pause is
+    over (2 s after the first failure) instead of being forgotten."""
     add_flag(kube, ctx, annotations={"flagscheduler.dev/fencing-token": "term-1"})
     ctx.book.suspects[(NS, "f")] = "other"
     dispatcher = Dispatcher(ctx)
@@ -176,7 +176,7 @@ async def test_a_suspect_flag_stays_suspect_until_its_fence_lands(kube: FakeKube
     await asyncio.gather(*dispatcher._tasks)
     assert (NS, "f") in ctx.book.suspects
     assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-1"
-    dispatcher._end_of_life(T0)
+    dispatcher._end_of_life(T0 + timedelta(seconds=2))
     await asyncio.gather(*dispatcher._tasks)
     assert flag(kube)["metadata"]["annotations"]["flagscheduler.dev/fencing-token"] == "term-2"
     assert not ctx.book.suspects
