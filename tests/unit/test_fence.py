@@ -259,3 +259,23 @@ async def test_a_missed_schedule_held_by_a_refused_fence_does_not_hold_up_the_ne
         await dispatcher._work_due(KEY)
     assert conditions(kube, "a")["FenceRefused"]["status"] == "True"
     assert phase(kube, "b") == "Applied", "the due schedule waits for another one's fence"
+
+
+async def test_a_refused_fence_is_said_again_for_each_generation_it_holds_up(kube: FakeKube, ctx: Ctx) -> None:
+    """FenceRefused names the generation whose outcome waits (Argo CD reads a True one of an older
+    generation as stale): the schedule moved while still held is said held again, for generation 2."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    schedule = add_schedule(kube, ctx, cancelled=True)
+    refuse(kube, "fence_flag", "fence_flag_status")
+    with pytest.raises(FenceRefused):
+        await cancel_schedule(ctx, schedule)
+    assert conditions(kube)["FenceRefused"]["observedGeneration"] == 1
+    stored = kube.objects[(SCHEDULES, NS, "s")]
+    stored["spec"]["scheduledAt"] = (T0 + timedelta(days=7)).isoformat()
+    stored["metadata"].update(generation=2, resourceVersion=str(next(kube._rv)))
+    ctx.book.observe_schedule("MODIFIED", copy.deepcopy(stored))
+    refuse(kube, "fence_flag", "fence_flag_status")
+    with pytest.raises(FenceRefused):
+        await cancel_schedule(ctx, ctx.book.schedule(schedule.ref.uid))
+    held = conditions(kube)["FenceRefused"]
+    assert (held["status"], held["observedGeneration"]) == ("True", 2)
