@@ -73,8 +73,8 @@ async def hold_unfenced(ctx: Ctx, schedule: FlagSchedule, phase: Phase, error: s
     """
     message = (f"{phase.value} is not recorded yet: {error}; until a fencing write lands, a PATCH a replica "
                "that lost the lead prepared earlier could still change the flag. Tried again with backoff.")
-    if status.held_by_fence(schedule):
-        return  # said already: no status write or Event per retry
+    if status.held_by_fence(schedule, this_generation=True):
+        return  # said already for this generation: no status write or Event per retry
     now = ctx.clock()
     written = await write_status(ctx, schedule, lambda fresh: status.condition_status(
         fresh, status.FENCE_REFUSED, True, "FlagRefusedFence", message, now), same_spec=True)

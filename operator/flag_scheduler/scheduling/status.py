@@ -88,9 +88,15 @@ def condition_status(
     return {"conditions": _with(schedule.status.conditions, cond)}
 
 
-def held_by_fence(schedule: FlagSchedule) -> bool:
-    """The schedule says (``FenceRefused=True``) that its outcome waits for a fence to land."""
-    return any(c.type == FENCE_REFUSED and c.status == "True" for c in schedule.status.conditions)
+def held_by_fence(schedule: FlagSchedule, this_generation: bool = False) -> bool:
+    """The schedule says (``FenceRefused=True``) that its outcome waits for a fence to land.
+
+    ``this_generation``: said for the schedule's current generation (one said for an older
+    generation is stale to Argo CD's health check, so it is said again).
+    """
+    return any(c.type == FENCE_REFUSED and c.status == "True"
+               and (not this_generation or c.observed_generation == schedule.ref.generation)
+               for c in schedule.status.conditions)
 
 
 def fence_landed(new: dict[str, Any], schedule: FlagSchedule, outcome: str, now: datetime) -> dict[str, Any]:

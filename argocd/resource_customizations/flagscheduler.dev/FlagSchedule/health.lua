@@ -44,8 +44,16 @@ end
 if not settled(phase) then
   local generation = (obj.metadata or {}).generation
   local observed = status.observedGeneration
-  -- The outcome is decided but cannot be recorded: the flag refuses every fencing write.
-  local held = true_condition("FenceRefused")
+  -- The outcome is decided but cannot be recorded: the flag refuses every fencing write. One said
+  -- for an older generation is stale (the spec moved on, e.g. the cancellation was withdrawn): the
+  -- operator says it again for the current generation if an outcome still waits.
+  local held = nil
+  for _, c in ipairs(status.conditions or {}) do
+    if c.type == "FenceRefused" and c.status == "True"
+        and (c.observedGeneration == nil or generation == nil or c.observedGeneration >= generation) then
+      held = c.message or ""
+    end
+  end
   if held ~= nil then
     hs.status = "Degraded"
     hs.message = "FenceRefused: " .. held
