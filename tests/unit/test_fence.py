@@ -279,3 +279,22 @@ async def test_a_refused_fence_is_said_again_for_each_generation_it_holds_up(kub
         await cancel_schedule(ctx, ctx.book.schedule(schedule.ref.uid))
     held = conditions(kube)["FenceRefused"]
     assert (held["status"], held["observedGeneration"]) == ("True", 2)
+
+
+async def test_a_fencing_write_that_changes_nothing_is_no_fence(kube: FakeKube, ctx: Ctx) -> None:
+    """A CRD older than the operator has no ``status.fencingToken``: the API server prunes it, stores
+    nothing and the resourceVersion stays. That write fences nothing, so Cancelled must wait."""
+    add_flag(kube, ctx, annotations={TOKEN: "term-1"})
+    schedule = add_schedule(kube, ctx, cancelled=True)
+    prepared = ctx.book.flag(KEY).ref
+    refuse(kube, "fence_flag")
+
+    async def pruned(ref: object, token: str) -> dict:
+        kube.calls.append("fence_flag_status")
+        return copy.deepcopy(flag(kube))  # answered 200 with the object as it was
+
+    kube.fence_flag_status = pruned  # type: ignore[method-assign]
+    with pytest.raises(FenceRefused):
+        await cancel_schedule(ctx, schedule)
+    assert phase(kube) == "Pending"
+    assert await late_patch(kube, prepared, schedule) == 200  # nothing fenced it: Cancelled would be a lie
