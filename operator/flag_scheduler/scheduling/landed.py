@@ -119,6 +119,11 @@ def _changed(current: str | None, term: str) -> str:
     return term if current != term else f"{term}.{next(_fence_writes)}"
 
 
+def _unchanged(body: dict, flag: FeatureFlag) -> bool:
+    """The write was answered but stored nothing: the resourceVersion did not move, so it fences nothing."""
+    return (body.get("metadata") or {}).get("resourceVersion") == flag.ref.resource_version
+
+
 async def _write_token(ctx: Ctx, flag: FeatureFlag, term: str) -> dict:
     """Write the term's token to the flag's annotation or, if the flag refuses that write, to its status.
 
@@ -129,20 +134,31 @@ async def _write_token(ctx: Ctx, flag: FeatureFlag, term: str) -> dict:
     log = get_logger(namespace=flag.ref.namespace, flag=flag.ref.name)
     try:
         token = _changed(flag.marker.fencing_token, term)
-        return await failpoints.deliver("fence.write-unanswered", lambda: ctx.kube.fence_flag(flag.ref, token))
+        body = await failpoints.deliver("fence.write-unanswered", lambda: ctx.kube.fence_flag(flag.ref, token))
     except ApiException as err:
         if not _refused(err):
             raise
         refused = describe(err)
+    else:
+        if not _unchanged(body, flag):
+            return body
+        refused = "the write changed nothing"  # e.g. a mutating webhook removed the token again
     log.warning("flag.fence_refused", via="annotation", error=refused)
     try:
-        return await ctx.kube.fence_flag_status(flag.ref, _changed(flag.status.fencing_token, term))
+        body = await ctx.kube.fence_flag_status(flag.ref, _changed(flag.status.fencing_token, term))
     except ApiException as err:
         if not _refused(err):
             raise
         log.warning("flag.fence_refused", via="status", error=describe(err))
         raise FenceRefused(f"FeatureFlag {flag.ref.name} refused the fencing write of its annotation ({refused}) "
                            f"and of its status ({describe(err)})") from err
+    if _unchanged(body, flag):
+        # Stored nothing (a CRD older than the operator prunes status.fencingToken): no fence.
+        log.warning("flag.fence_refused", via="status", error="the write changed nothing")
+        raise FenceRefused(f"FeatureFlag {flag.ref.name} refused the fencing write of its annotation ({refused}) "
+                           "and its status write changed nothing (is the FeatureFlag CRD older than the "
+                           "operator, without status.fencingToken?)")
+    return body
 
 
 async def landed_elsewhere(ctx: Ctx, schedule: FlagSchedule) -> Landing | None:
