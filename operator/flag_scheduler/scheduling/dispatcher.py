@@ -6,6 +6,8 @@ or first-sight housekeeping is owed) in a heap; every watch event
 or write re-plans that one flag and wakes the dispatcher if the new time is earlier than its sleep.
 Work on one flag runs in one task at a time (order per flag); different flags run in parallel up to
 ``max_concurrency`` (isolation: a failing flag holds one slot for one attempt, never the queue).
+Fairness: a freed slot goes to the namespaces in turn (``FairSlots``), so one namespace's burst of
+due schedules delays another namespace's due schedule by one turn, not by the whole burst.
 
 Containment: an error while planning or working on one flag pauses that flag alone, with
 exponential backoff (``ERROR_PAUSE`` doubling up to ``MAX_ERROR_PAUSE``), a log line, a metric and,
@@ -37,6 +39,7 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.apply import apply_schedule, claim
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
+from flag_scheduler.scheduling.fair_slots import FairSlots
 from flag_scheduler.scheduling.landed import fence
 from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
 from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
@@ -74,7 +77,7 @@ class Dispatcher:
         self._paused_until: dict[Key, datetime] = {}
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(ctx.settings.max_concurrency)
+        self._slots = FairSlots(ctx.settings.max_concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._errors: dict[Key, int] = {}
         self._rejecting: set[str] = set()
@@ -176,14 +179,14 @@ class Dispatcher:
                 book.suspects.pop(key, None)
             elif key not in self._fencing:
                 self._fencing.add(key)
-                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
+                self._spawn(key[0], self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k))
         for expiry in book.pop_expired(now):
-            self._spawn(delete_expired(self.ctx, expiry), "ttl")
+            self._spawn(expiry.ref.namespace, delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
             if uid not in self._rejecting and self._retry_after.get(uid, now) <= now:
                 self._rejecting.add(uid)
-                self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u),
-                            lambda u=uid: self._later(u, now))
+                self._spawn(item.ref.namespace, reject_unreadable(self.ctx, item), "invalid",
+                            lambda u=uid: self._rejecting.discard(u), lambda u=uid: self._later(u, now))
 
     async def _fence_suspect(self, key: Key) -> None:
         """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
@@ -195,10 +198,10 @@ class Dispatcher:
         tries = self._tries[uid] = self._tries.get(uid, 0) + 1
         self._retry_after[uid] = now + min(MAX_ERROR_PAUSE, ERROR_PAUSE * 2 ** min(tries, 20))
 
-    def _spawn(self, work: Any, stage: str, then: Any = None, failed: Any = None) -> None:
+    def _spawn(self, namespace: str, work: Any, stage: str, then: Any = None, failed: Any = None) -> None:
         async def bounded() -> None:
             try:
-                async with self._slots:
+                async with self._slots.slot(namespace):
                     await work
             except Exception as err:  # noqa: BLE001 - logged and counted; the next turn tries again
                 metrics.ERRORS.labels(stage).inc()
@@ -243,7 +246,7 @@ class Dispatcher:
 
     async def _work(self, flag: Key) -> None:
         try:
-            async with self._slots:
+            async with self._slots.slot(flag[0]):
                 await self._work_due(flag)
             self._paused_until.pop(flag, None)
             self._errors.pop(flag, None)
