@@ -260,6 +260,7 @@ def only_fairness_run(sizes: Sizes, quick: bool, profile: bool) -> None:
     merged = json.loads(latest.read_text()) if latest.exists() else {}
     merged["fairness_other_ns_lateness_s"] = result["other_ns_lateness_s"]
     merged.setdefault("phases", {})["fairness"] = {**result, "quick": quick}
+    merged["targets"] = report.targets(merged)
     latest.write_text(json.dumps(merged, indent=2) + "\n")
     shown = {k: v for k, v in result.items() if k != "profile"}
     print(json.dumps({"quick": quick, "fairness_other_ns_lateness_s": result["other_ns_lateness_s"],
