@@ -132,26 +132,23 @@ async def test_a_burst_of_events_in_one_namespace_neither_crowds_out_nor_delays_
                                                                              EVENT_POSTS + 5]
 
 
-def due_flag(kube: FakeKube, book: Book, namespace: str, name: str) -> None:
-    """A flag with one claimed, owned schedule that is due."""
+def due_flag(kube: FakeKube, book: Book, namespace: str, name: str, schedules: int = 1) -> None:
+    """A flag with ``schedules`` claimed, owned schedules that are due."""
     flag = kube.create(FLAGS, {"metadata": {"namespace": namespace, "name": name},
                                "spec": {"enabled": False, "rolloutPercentage": 0}})
     book.put_flag(flag)
     owner = [{"kind": "FeatureFlag", "name": name, "uid": flag["metadata"]["uid"]}]
-    book.put_schedule(kube.create(SCHEDULES, {
-        "metadata": {"namespace": namespace, "name": f"{name}-on", "ownerReferences": owner},
-        "spec": {"flagRef": {"name": name}, "scheduledAt": T0.isoformat(), "updates": {"enabled": True}},
-        "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "me"},
-    }))
+    for i in range(schedules):
+        book.put_schedule(kube.create(SCHEDULES, {
+            "metadata": {"namespace": namespace, "name": f"{name}-{i}", "ownerReferences": owner},
+            "spec": {"flagRef": {"name": name}, "scheduledAt": (T0 + timedelta(milliseconds=i)).isoformat(),
+                     "updates": {"rolloutPercentage": i}},
+            "status": {"phase": "Pending", "retryCount": 0, "claimedBy": "me"},
+        }))
 
 
-async def test_a_due_schedule_of_another_namespace_is_applied_next_turn_not_after_a_burst() -> None:
-    """Namespace "a" has 20 flags due and "b" one, planned last; with one slot, "b" goes third."""
-    kube, book = FakeKube(), Book()
-    for i in range(20):
-        due_flag(kube, book, "a", f"burst-{i:02d}")
-    due_flag(kube, book, "b", "other")
-    patched: list[str] = []
+def one_slot_dispatcher(kube: FakeKube, book: Book, patched: list[str]) -> Dispatcher:
+    """A leading dispatcher with one slot; each flag PATCH records its namespace and takes a loop turn."""
     real_patch = kube.patch_flag_spec
 
     async def patch(flag: ObjectRef, *args: Any) -> dict:
@@ -164,6 +161,17 @@ async def test_a_due_schedule_of_another_namespace_is_applied_next_turn_not_afte
               clock=lambda: T0 + timedelta(seconds=1), fencing_token=lambda: "term-1")
     dispatcher = Dispatcher(ctx)
     dispatcher.leading.set()
+    return dispatcher
+
+
+async def test_a_due_schedule_of_another_namespace_is_applied_next_turn_not_after_a_burst() -> None:
+    """Namespace "a" has 20 flags due and "b" one, planned last; with one slot, "b" goes third."""
+    kube, book = FakeKube(), Book()
+    for i in range(20):
+        due_flag(kube, book, "a", f"burst-{i:02d}")
+    due_flag(kube, book, "b", "other")
+    patched: list[str] = []
+    dispatcher = one_slot_dispatcher(kube, book, patched)
     for i in range(20):
         dispatcher._start(("a", f"burst-{i:02d}"))
     dispatcher._start(("b", "other"))
@@ -171,4 +179,21 @@ async def test_a_due_schedule_of_another_namespace_is_applied_next_turn_not_afte
     assert patched == ["a", "a", "b"] + ["a"] * 18
     assert all(kube.objects[(SCHEDULES, ns, n)]["status"]["phase"] == "Applied"
                for (plural, ns, n) in kube.objects if plural == SCHEDULES)
-    await asyncio.gather(*ctx.background)
+    await asyncio.gather(*dispatcher.ctx.background)
+
+
+async def test_a_flag_with_a_long_due_queue_gives_its_slot_back_after_each_schedule() -> None:
+    """One flag of "a" has 6 schedules due, "b" one: "b" goes second, and "a" keeps its order."""
+    kube, book = FakeKube(), Book()
+    due_flag(kube, book, "a", "busy", schedules=6)
+    due_flag(kube, book, "b", "other")
+    patched: list[str] = []
+    dispatcher = one_slot_dispatcher(kube, book, patched)
+    dispatcher._start(("a", "busy"))
+    dispatcher._start(("b", "other"))
+    await asyncio.gather(*list(dispatcher._tasks))
+    assert patched == ["a", "b"] + ["a"] * 5
+    assert kube.objects[(FLAGS, "a", "busy")]["spec"]["rolloutPercentage"] == 5
+    # All Applied, none Superseded: applied in their order (an earlier one after a later is Superseded).
+    assert [kube.objects[(SCHEDULES, "a", f"busy-{i}")]["status"]["phase"] for i in range(6)] == ["Applied"] * 6
+    await asyncio.gather(*dispatcher.ctx.background)
