@@ -28,6 +28,7 @@ A, B = "bench-fair-burst", "bench-fair-other"
 # A's schedules of one flag arrive in any order while they are due: a later one may land first and
 # supersede an earlier one. Either way the schedule is done.
 DONE = ('"schedule.applied"', '"schedule.superseded"', '"schedule.failed"', '"schedule.missed"')
+LEASE_TROUBLE = ('"leader.renew_failed"', '"leader.lost"')
 
 
 def _done_in_log(env: Env, offset: int) -> dict[str, int]:
@@ -106,6 +107,7 @@ async def fairness(env: Env, count: int, flags: int, probes: int, spacing: float
     stats = sampler.stop()
     if spy is not None:
         stats["profile"] = await asyncio.to_thread(spy.stop)
+    log = env.operator.log_path.read_text(errors="replace")[offset:]
     burst_items = await cluster.list_schedules(A)
     burst = _applied_at(burst_items)
     other = _applied_at(await cluster.list_schedules(B))
@@ -128,6 +130,9 @@ async def fairness(env: Env, count: int, flags: int, probes: int, spacing: float
         "burst_overtaken_by_probe_min": min((overtaken[n] for n in during), default=None),
         # B's schedules were created ahead: at their due time each should cost 3 writes, 5 over its life.
         "other_ns_writes": writes_per_schedule(env.audit.by_operator(B), dues),
+        # A leader whose renewal is late applies nothing (fencing): on a starved machine that, not the
+        # burst, can be what a probe waited for.
+        "lease_trouble": {e.strip('"'): log.count(e) for e in LEASE_TROUBLE},
         "loadavg_at_end": os.getloadavg(),
         **stats,
     }
