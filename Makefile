@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving bench-handover clean
+.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving bench-handover bench-fairness clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -116,6 +116,9 @@ bench-propagation: venv binaries clients ## Only propagation: scheduledAt to 1 a
 
 bench-handover: venv binaries clients ## Only the hand-over: a flag server replaced under connected Python, JS and Java providers (default settings)
 	$(PY) bench/handover.py $(if $(QUICK),--quick,)
+
+bench-fairness: venv binaries ## Only fairness: another namespace's lateness while one namespace creates 20,000 due schedules (QUICK=1: 2,000)
+	$(PY) bench/run.py --only fairness $(if $(QUICK),--quick,)
 
 bench-cron: venv binaries ## Only recurring windows: 1,000 FlagCronSchedules whose edges fall at the same minute
 	$(PY) bench/cron.py $(if $(QUICK),--quick,)

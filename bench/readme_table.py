@@ -77,9 +77,21 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("seed cron: one batch of 100 (measured)", f"{_n(r['seed_batch_cost_s'], 2)} s", ""),
         ("seed cron: lateness p99 / burst 10k (computed from the batch cost and the 60 s period)",
          f"{_n(r['seed_lateness_p99_s'], 0)} s / {_n(r['seed_burst_10k_s'], 0)} s", ""),
+        *_fairness_rows(r),
         *_scale_rows(r),
         *_handover_rows(r),
     ]
+
+
+def _fairness_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The fairness phase, when the run had one."""
+    f = r.get("fairness")
+    if r.get("fairness_other_ns_lateness_s") is None or not f:
+        return []
+    return [(f"fairness: lateness of another namespace's schedules while one creates {f['count']:,} due at once "
+             f"(max / p50 of {f['probes_during_burst']}; load average {f['loadavg_at_end'][0]:.1f})",
+             f"{_n(r['fairness_other_ns_lateness_s'])} / {_n(f['other_ns_lateness_p50_s'])} s",
+             f"≤ 1 s: {_verdict(r, 'fairness_other_ns_lateness_s')}")]
 
 
 def _scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -139,6 +151,10 @@ def published(results: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in results.items() if k not in ("phases", "seed_computed")}
     out["phases_failover_kills"] = results["phases"]["failover"]["kills"]
     out["foreign_cpu_percent"] = {k: v.get("foreign_cpu_percent") for k, v in results["phases"].items()}
+    if "fairness" in results["phases"]:
+        fair = results["phases"]["fairness"]
+        out["fairness"] = {k: fair[k] for k in ("count", "probes_during_burst", "other_ns_lateness_p50_s",
+                                                "loadavg_at_end")}
     if "handover" in results:  # per-sample lists stay in results/handover.json
         out["handover"] = {**results["handover"], "runtimes": {
             rt: {k: v for k, v in figures.items() if not k.startswith("samples_")}

@@ -39,6 +39,8 @@ ROWS: list[tuple[str, str, str, Any, str]] = [
     ("failover_lost", "failover: changes lost", "", lambda v: v == 0, "0"),
     ("rollout_step_lateness_p99_s", "rollouts: step lateness p99 (1k concurrent)", "s", lambda v: v <= 0.25,
      "<= 0.25 s"),
+    ("fairness_other_ns_lateness_s", "fairness: other namespace's lateness, max", "s", lambda v: v <= 1.0,
+     "<= 1 s"),
     ("seed_batch_cost_s", "seed: one batch of 100 (measured)", "s", None, ""),
     ("seed_lateness_p99_s", "seed lateness p99 (computed)", "s", None, ""),
     ("seed_burst_10k_s", "seed burst 10k (computed)", "s", None, ""),

@@ -1,8 +1,9 @@
 """``make bench``: the operator's lateness, burst rate against the API server's ceiling, writes and idle cost.
 
 One run, one local control plane (etcd with fsync on), the operator as its own process under its
-own identity. Phases, each in its own namespace: lateness, burst 1k, burst 10k, the ceiling (plain
-client, operator stopped), the seed's cron algorithm (measured per batch, figures computed), idle.
+own identity. Phases, each in its own namespace: lateness, burst 1k, burst 10k, fairness (another
+namespace's schedules while one namespace bursts), the ceiling (plain client, operator stopped), the
+seed's cron algorithm (measured per batch, figures computed), idle.
 ``--quick`` uses smaller N and skips the 10k burst (its keys are null). Prints a table, writes
 ``bench/results/latest.json`` (and a timestamped copy) and ``bench/results/latest.png``.
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling  # noqa: E402
 import failover  # noqa: E402
+import fairness  # noqa: E402
 import pyspy  # noqa: E402
 import report  # noqa: E402
 import rollouts  # noqa: E402
@@ -56,10 +58,15 @@ class Sizes:
     rollout_count: int = 1000
     rollout_spread: float = 120.0
     rollout_hold: float = 120.0
+    fair_count: int = 20_000  # namespace A's burst, due at once
+    fair_flags: int = 1000
+    fair_probes: int = 20  # namespace B's schedules, one every fair_spacing seconds meanwhile
+    fair_spacing: float = 3.0
 
 
 QUICK = Sizes(late_count=200, late_spread=20.0, late_lead=6.0, burst_big=None, idle_count=1000, idle_flags=100,
-              idle_window=15.0, failover_kills=3, rollout_spread=60.0, rollout_hold=60.0)
+              idle_window=15.0, failover_kills=3, rollout_spread=60.0, rollout_hold=60.0, fair_count=2000,
+              fair_flags=200, fair_probes=10, fair_spacing=1.0)
 
 
 def say(text: str) -> None:
@@ -96,6 +103,7 @@ async def phases(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -
             burst = await phase(f"burst_{count // 1000}k", f"{count} schedules due at once",
                                 workloads.burst(env, count, sizes.burst_flags))
             curves[f"burst_{count // 1000}k"] = burst["progress"]
+        await fairness_phase(phase, env, sizes)
         ceil = await phase("ceiling", "plain client, operator stopped",
                            ceiling.ceiling(cluster, 1000, sizes.burst_big, sizes.burst_flags, sizes.concurrencies))
         best = ceil["result"]["best_concurrency"]
@@ -113,6 +121,27 @@ async def phases(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -
         load.stop()
         await cluster.close()
     return out, curves
+
+
+async def fairness_phase(phase: Any, env: workloads.Env, sizes: Sizes) -> None:
+    await phase("fairness", f"{sizes.fair_count} schedules due at once in one namespace, "
+                f"{sizes.fair_probes} due in another meanwhile",
+                fairness.fairness(env, sizes.fair_count, sizes.fair_flags, sizes.fair_probes, sizes.fair_spacing))
+
+
+async def only_fairness(cp: ControlPlane, sizes: Sizes, log_dir: Path, profile: bool) -> dict[str, Any]:
+    """The fairness phase alone (``--only fairness``)."""
+    cluster = Cluster(cp)
+    await asyncio.to_thread(cluster.install)
+    await cluster.connect()
+    env = workloads.Env(cluster, AuditLog(cp.audit_log), OperatorProcess(cluster, log_dir / "operator.log"), log_dir,
+                        profile=profile)
+    try:
+        return (await fairness.fairness(env, sizes.fair_count, sizes.fair_flags, sizes.fair_probes,
+                                        sizes.fair_spacing))["result"]
+    finally:
+        env.operator.stop()
+        await cluster.close()
 
 
 async def rollouts_phase(phase: Any, env: workloads.Env, sizes: Sizes) -> None:
@@ -161,6 +190,7 @@ def headline(out: dict[str, Any], sizes: Sizes, quick: bool) -> dict[str, Any]:
         "failover_median_s": out["failover"]["failover_median_s"], "failover_max_s": out["failover"]["failover_max_s"],
         "failover_doubled": out["failover"]["doubled"], "failover_lost": out["failover"]["lost"],
         "rollout_step_lateness_p99_s": out.get("rollouts", {}).get("step_lateness_s", {}).get("p99"),
+        "fairness_other_ns_lateness_s": out.get("fairness", {}).get("other_ns_lateness_s"),
     }
 
 
@@ -168,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller N, no 10k burst: under three minutes")
     parser.add_argument("--profile", action="store_true", help="record the operator with py-spy during bursts")
-    parser.add_argument("--only", choices=["propagation", "rollouts", "handover"],
+    parser.add_argument("--only", choices=["propagation", "rollouts", "handover", "fairness"],
                         help="run one section alone (its own control plane)")
     args = parser.parse_args()
     if args.only == "propagation":
@@ -191,6 +221,9 @@ def main() -> None:
         return
     if args.profile and pyspy.py_spy() is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    if args.only == "fairness":
+        only_fairness_run(sizes, args.quick, args.profile)
+        return
     started, t0 = datetime.now(UTC), time.monotonic()
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +249,24 @@ def main() -> None:
     report.plot(curves, results, RESULTS)
     print(report.table(results))
     print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
+
+
+def only_fairness_run(sizes: Sizes, quick: bool, profile: bool) -> None:
+    """Run the fairness phase on its own control plane; merge its key into ``results/latest.json``."""
+    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+    with ControlPlane(fsync=True) as cp:
+        result = asyncio.run(only_fairness(cp, sizes, RESULTS / "logs", profile))
+    latest = RESULTS / "latest.json"
+    merged = json.loads(latest.read_text()) if latest.exists() else {}
+    merged["fairness_other_ns_lateness_s"] = result["other_ns_lateness_s"]
+    merged.setdefault("phases", {})["fairness"] = {**result, "quick": quick}
+    merged["targets"] = report.targets(merged)
+    latest.write_text(json.dumps(merged, indent=2) + "\n")
+    shown = {k: v for k, v in result.items() if k != "profile"}
+    print(json.dumps({"quick": quick, "fairness_other_ns_lateness_s": result["other_ns_lateness_s"],
+                      "fairness": shown}, indent=2))
+    if result.get("profile"):
+        print(json.dumps(result["profile"], indent=1))
 
 
 if __name__ == "__main__":

@@ -85,3 +85,14 @@ def test_handover_rows_name_the_provider_version_and_both_figures() -> None:
     assert ("| hand-over, java (dev.openfeature.contrib.providers:flagd 0.11.15, default settings), 20 providers, "
             "server replaced 3×: change → seen, median / max (from the new server ready) | 4.20 / 6.00 s "
             "(1.10 / 2.90 s) |  |") in readme_table.render(run)
+
+
+def test_the_fairness_row_gives_the_figure_the_load_average_and_the_verdict() -> None:
+    published = json.loads(readme_table.PUBLISHED.read_text())
+    assert "fairness:" not in readme_table.render(published)  # a run without the phase has no row
+    run = {**published, "fairness_other_ns_lateness_s": 1.4,
+           "targets": {**published["targets"], "fairness_other_ns_lateness_s": False},
+           "fairness": {"count": 20000, "probes_during_burst": 12, "other_ns_lateness_p50_s": 0.31,
+                        "loadavg_at_end": [3.2, 2.0, 1.5]}}
+    assert ("| fairness: lateness of another namespace's schedules while one creates 20,000 due at once "
+            "(max / p50 of 12; load average 3.2) | 1.400 / 0.310 s | ≤ 1 s: missed |") in readme_table.render(run)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -243,7 +244,7 @@ class Book:
         queue = self._queues.get(flag)
         return [] if queue is None else list(queue.schedules.values())
 
-    def head(self, flag: Key, skip: frozenset[str] | set[str] = frozenset()) -> FlagSchedule | None:
+    def head(self, flag: Key, skip: Collection[str] = frozenset()) -> FlagSchedule | None:
         """The flag's schedule that goes next: the earliest live one not cancelled (nor in ``skip``, by uid)."""
         queue = self._queues.get(flag)
         return None if queue is None else queue.head(skip)

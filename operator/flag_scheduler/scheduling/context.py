@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.book import Book
+from flag_scheduler.scheduling.fair_slots import FairSlots, within_share
 from flag_scheduler.config import Settings
 from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
 from flag_scheduler.logs import get_logger
@@ -26,7 +28,8 @@ from flag_scheduler.models import FLAGS, SCHEDULES, FeatureFlag, FlagSchedule, O
 
 CONFLICT_ATTEMPTS = 5
 # Events are posted in the background, a few at a time, and dropped (counted) past a backlog, so a
-# burst of outcomes never holds up schedules or piles up memory.
+# burst of outcomes never holds up schedules or piles up memory. Namespaces take turns to post and
+# share the backlog equally: one namespace's burst neither delays nor crowds out another's Events.
 EVENT_POSTS = 8
 EVENT_BACKLOG = 1000
 
@@ -64,7 +67,8 @@ class Ctx:
     # Flags whose PATCH by this replica got no answer (a timeout): it may still commit, so the next
     # fence of the flag writes even if the flag already carries this term's token.
     unanswered: set[tuple[str, str]] = field(default_factory=set)
-    _event_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_POSTS))
+    _event_slots: FairSlots = field(default_factory=lambda: FairSlots(EVENT_POSTS))
+    _events_queued: Counter[str] = field(default_factory=Counter)  # by namespace, posting or waiting to
 
     def event(self, obj: FeatureFlag | FlagSchedule, type_: str, reason: str, message: str) -> None:
         """Post an Event without holding up the schedule; a failed post is logged, never raised."""
@@ -72,20 +76,25 @@ class Ctx:
         self.event_about(obj.ref, kind, type_, reason, message)
 
     def event_about(self, ref: ObjectRef, kind: str, type_: str, reason: str, message: str) -> None:
-        """Post an Event in the background: at most ``EVENT_POSTS`` at once, ``EVENT_BACKLOG`` queued."""
-        if len(self.background) >= EVENT_BACKLOG:
+        """Post an Event in the background: ``EVENT_POSTS`` at once, namespaces in turn, each its share of the backlog."""
+        namespace = ref.namespace
+        if not within_share(self._events_queued, namespace, EVENT_BACKLOG):
             metrics.EVENTS_DROPPED.inc()
             return
+        self._events_queued[namespace] += 1
         task = asyncio.create_task(self._post(ref, kind, type_, reason, message, self.clock()))
         self.background.add(task)
-        task.add_done_callback(self._event_done)
+        task.add_done_callback(lambda done: self._event_done(done, namespace))
 
-    async def _post(self, *args: Any) -> None:
-        async with self._event_slots:
-            await self.kube.post_event(*args)
+    async def _post(self, ref: ObjectRef, *args: Any) -> None:
+        async with self._event_slots.slot(ref.namespace):
+            await self.kube.post_event(ref, *args)
 
-    def _event_done(self, task: asyncio.Task) -> None:
+    def _event_done(self, task: asyncio.Task, namespace: str) -> None:
         self.background.discard(task)
+        self._events_queued[namespace] -= 1
+        if self._events_queued[namespace] <= 0:
+            del self._events_queued[namespace]
         if not task.cancelled() and task.exception() is not None:
             get_logger().warning("event.failed", error=describe(task.exception()))
 

@@ -6,6 +6,9 @@ or first-sight housekeeping is owed) in a heap; every watch event
 or write re-plans that one flag and wakes the dispatcher if the new time is earlier than its sleep.
 Work on one flag runs in one task at a time (order per flag); different flags run in parallel up to
 ``max_concurrency`` (isolation: a failing flag holds one slot for one attempt, never the queue).
+Fairness: a slot is held for one step (one schedule's outcome, one first-sight write) and a freed
+slot goes to the namespaces in turn (``FairSlots``), so one namespace's burst of due schedules
+delays another namespace's due schedule by one turn, not by the whole burst.
 
 Containment: an error while planning or working on one flag pauses that flag alone, with
 exponential backoff (``ERROR_PAUSE`` doubling up to ``MAX_ERROR_PAUSE``), a log line, a metric and,
@@ -37,6 +40,7 @@ from typing import Any
 from flag_scheduler import metrics
 from flag_scheduler.scheduling.apply import apply_schedule, claim
 from flag_scheduler.scheduling.context import Ctx, StandDown, StatusWriteFailed
+from flag_scheduler.scheduling.fair_slots import FairSlots
 from flag_scheduler.scheduling.landed import FenceRefused, fence
 from flag_scheduler.scheduling.settle import cancel_schedule, miss_schedule
 from flag_scheduler.scheduling.finished import delete_expired, reject_unreadable
@@ -74,7 +78,7 @@ class Dispatcher:
         self._paused_until: dict[Key, datetime] = {}
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(ctx.settings.max_concurrency)
+        self._slots = FairSlots(ctx.settings.max_concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._errors: dict[Key, int] = {}
         self._rejecting: set[str] = set()
@@ -180,15 +184,15 @@ class Dispatcher:
                 book.suspects.pop(key, None)
             elif key not in self._fencing and self._fence_after.get(key, now) <= now:
                 self._fencing.add(key)
-                self._spawn(self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k),
+                self._spawn(key[0], self._fence_suspect(key), "fence", lambda k=key: self._fencing.discard(k),
                             lambda k=key: self._fence_later(k, now))
         for expiry in book.pop_expired(now):
-            self._spawn(delete_expired(self.ctx, expiry), "ttl")
+            self._spawn(expiry.ref.namespace, delete_expired(self.ctx, expiry), "ttl")
         for uid, item in list(book.unreadable.items()):
             if uid not in self._rejecting and self._retry_after.get(uid, now) <= now:
                 self._rejecting.add(uid)
-                self._spawn(reject_unreadable(self.ctx, item), "invalid", lambda u=uid: self._rejecting.discard(u),
-                            lambda u=uid: self._later(u, now))
+                self._spawn(item.ref.namespace, reject_unreadable(self.ctx, item), "invalid",
+                            lambda u=uid: self._rejecting.discard(u), lambda u=uid: self._later(u, now))
 
     async def _fence_suspect(self, key: Key) -> None:
         """Fence a flag a deposed leader may still be patching; it stays a suspect until that lands."""
@@ -207,10 +211,10 @@ class Dispatcher:
         tries = self._tries[uid] = self._tries.get(uid, 0) + 1
         self._retry_after[uid] = now + min(MAX_ERROR_PAUSE, ERROR_PAUSE * 2 ** min(tries, 20))
 
-    def _spawn(self, work: Any, stage: str, then: Any = None, failed: Any = None) -> None:
+    def _spawn(self, namespace: str, work: Any, stage: str, then: Any = None, failed: Any = None) -> None:
         async def bounded() -> None:
             try:
-                async with self._slots:
+                async with self._slots.slot(namespace):
                     await work
             except Exception as err:  # noqa: BLE001 - logged and counted; the next turn tries again
                 metrics.ERRORS.labels(stage).inc()
@@ -255,8 +259,7 @@ class Dispatcher:
 
     async def _work(self, flag: Key) -> None:
         try:
-            async with self._slots:
-                await self._work_due(flag)
+            await self._work_due(flag)
             self._paused_until.pop(flag, None)
             self._errors.pop(flag, None)
         except asyncio.CancelledError:
@@ -277,45 +280,74 @@ class Dispatcher:
                           next_attempt_at=rfc3339(until))
 
     async def _work_due(self, flag: Key) -> None:
-        """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping."""
+        """Everything due on one flag now: cancellations, the head of line (repeatedly), housekeeping.
+
+        Each step takes a slot and gives it back, so a flag with a long due queue (a burst on one
+        flag, or schedules arriving while it works) takes turns with the other namespaces instead of
+        holding a slot until its queue is empty.
+        """
         ctx = self.ctx
         # An outcome the flag's refused fence holds up (``FenceRefused``: a cancellation, or the head's
         # Missed/Failed/Superseded) must not hold up the flag's other work: a due schedule's PATCH is
-        # itself a write of this term, which fences. That schedule is passed over for this round, and
-        # the refusal raised at the end so the flag is looked at again with backoff.
-        held: FenceRefused | None = None
-        held_uids: set[str] = set()
-        while self.leading.is_set() and ctx.is_leader():
-            now = ctx.clock()
-            for schedule in ctx.book.cancelled_of(flag):
-                if schedule.ref.uid in held_uids:
-                    continue
-                try:
-                    await cancel_schedule(ctx, schedule)
-                except FenceRefused as refused:
-                    held = refused
-                    held_uids.add(schedule.ref.uid)
-            head = ctx.book.head(flag, held_uids)
-            todo = Action.WAIT if head is None else action(head, now)
-            if todo is Action.APPLY and (why := ctx.holding()) is not None:
-                self._hold(flag, head, why)
-                break
-            if todo in (Action.APPLY, Action.MISS):
-                try:
-                    await (apply_schedule if todo is Action.APPLY else miss_schedule)(ctx, head)
-                except FenceRefused as refused:
-                    held = refused
-                    held_uids.add(head.ref.uid)
-            else:
-                if head is not None and self._claimed_elsewhere(head) and due_at(head) - now <= CLAIM_AHEAD:
-                    await claim(ctx, head)
-                break
+        # itself a write of this term, which fences. That schedule is passed over for this round
+        # (``held``), and the refusal raised at the end so the flag is looked at again with backoff.
+        held: dict[str, FenceRefused] = {}
+        while self.leading.is_set() and ctx.is_leader() and self._work_left(flag, held):
+            async with self._slots.slot(flag[0]):
+                if not (self.leading.is_set() and ctx.is_leader()) or await self._step(flag, held):
+                    break
         owner = ctx.book.flag(flag)
         for schedule in ctx.book.untidy_of(flag):
             if self.leading.is_set():
-                await tidy_schedule(ctx, schedule, owner)
-        if held is not None:
-            raise held
+                async with self._slots.slot(flag[0]):
+                    await tidy_schedule(ctx, schedule, owner)
+        if held:
+            raise next(iter(held.values()))
+
+    def _work_left(self, flag: Key, held: dict[str, FenceRefused] | None = None) -> bool:
+        """A cancellation, a due head of line or a claim ahead of its due time is owed now (no slot needed to ask).
+
+        Schedules in ``held`` (by uid: their outcome waits for a refused fence) are passed over.
+        """
+        book, now, held = self.ctx.book, self.ctx.clock(), held or {}
+        head = book.head(flag, held.keys())
+        if any(s.ref.uid not in held for s in book.cancelled_of(flag)):
+            return True
+        if head is None:
+            return False
+        return action(head, now) is not Action.WAIT or (
+            self._claimed_elsewhere(head) and due_at(head) - now <= CLAIM_AHEAD)
+
+    async def _step(self, flag: Key, held: dict[str, FenceRefused] | None = None) -> bool:
+        """Cancellations, then the head of line's outcome (or its claim ahead); True once nothing more is due.
+
+        An outcome that waits for a refused fence (``FenceRefused``) puts its schedule in ``held``.
+        """
+        ctx = self.ctx
+        now = ctx.clock()
+        held = {} if held is None else held
+        for schedule in ctx.book.cancelled_of(flag):
+            if schedule.ref.uid in held:
+                continue
+            try:
+                await cancel_schedule(ctx, schedule)
+            except FenceRefused as refused:
+                held[schedule.ref.uid] = refused
+        head = ctx.book.head(flag, held.keys())
+        todo = Action.WAIT if head is None else action(head, now)
+        if todo is Action.APPLY and (why := ctx.holding()) is not None:
+            self._hold(flag, head, why)
+            return True
+        if todo in (Action.APPLY, Action.MISS):
+            try:
+                await (apply_schedule if todo is Action.APPLY else miss_schedule)(ctx, head)
+            except FenceRefused as refused:
+                held[head.ref.uid] = refused
+        else:
+            if head is not None and self._claimed_elsewhere(head) and due_at(head) - now <= CLAIM_AHEAD:
+                await claim(ctx, head)
+            return True
+        return False
 
     def _claimed_elsewhere(self, schedule: Any) -> bool:
         """The schedule is live and claimed by another replica (this one took over since)."""

@@ -9,6 +9,7 @@ flag with a long queue stays as cheap per event as a flag with one schedule.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from datetime import datetime
 
 from flag_scheduler.models import FeatureFlag, FlagSchedule
@@ -61,7 +62,7 @@ class FlagQueue:
         if at < len(self._order) and self._order[at] == key:
             del self._order[at]
 
-    def head(self, skip: frozenset[str] | set[str] = frozenset()) -> FlagSchedule | None:
+    def head(self, skip: Collection[str] = frozenset()) -> FlagSchedule | None:
         """The schedule that goes next: the earliest not cancelled (``timing.head_of_line``), uids in ``skip`` passed over."""
         if not skip:
             return self.schedules[self._order[0][2]] if self._order else None

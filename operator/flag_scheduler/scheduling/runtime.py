@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,6 +92,10 @@ class Runtime:
             await runtime._close_clients()
             raise
         await runtime._load()
+        # What start-up built (imports, clients, the loaded book) lives as long as the process: freeze it
+        # out of the collector, so a full collection scans only newer objects and no longer stalls the
+        # loop for a tenth of a second or more (schedules due in that stall were applied late).
+        gc.freeze()
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
