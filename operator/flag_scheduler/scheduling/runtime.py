@@ -4,6 +4,12 @@ It serves no flags (that is the flag server, ``flag-scheduler serve``) and liste
 application reaches: only ``/healthz`` (liveness), ``/readyz`` (readiness, its own port) and
 ``/metrics``, all served from before the initial LIST (Kopf's own liveness endpoint would only open
 after the startup handler, i.e. after that LIST).
+
+Start-up, in order: the endpoints; one LIST of each kind (``informer.py``: flags, schedules,
+windows, rollouts), which completes the book; the watches from those LISTs' resourceVersions; and
+only then the campaign for the Lease. So "leading" means the Lease is held *and* the book holds
+every object as of the LISTs, with the watches already delivering what changed since: the first
+due schedule is applied knowing every other schedule of its flag.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flag_scheduler import failpoints
 from flag_scheduler.config import Settings
 from flag_scheduler.cronschedule.controller import CronController
 from flag_scheduler.cronschedule.edges import TZDATA_VERSION
@@ -29,6 +36,7 @@ from flag_scheduler.scheduling.book import Book
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.scheduling.flag_validity import FlagValidity
+from flag_scheduler.scheduling.informer import Informer
 from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.scheduling.namespace_access import NamespaceAccess
 
@@ -72,11 +80,14 @@ class Runtime:
         # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
         self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh,
                                           lambda ref, *event: self.ctx.event_about(ref, "FlagRollout", *event))
+        self.informers = [Informer(kube, self.access, plural, observe) for plural, observe in (
+            (FLAGS, self.observe_flag), (SCHEDULES, self.observe_schedule),
+            (CRON_SCHEDULES, self.observe_cron), (ROLLOUTS, self.observe_rollout))]
+        self._watches: list[asyncio.Task] = []
         self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
-        self._recheck: asyncio.Task | None = None
         self._closing = False
 
     @classmethod
@@ -90,11 +101,13 @@ class Runtime:
         except BaseException:
             await runtime._close_clients()
             raise
-        await runtime._load()
+        for informer in runtime.informers:  # in this order: schedules find their flags already known
+            await informer.load()
+        failpoints.reach("start.after-list")
+        runtime._watches = [asyncio.create_task(i.run(), name=f"watch-{i.plural}") for i in runtime.informers]
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
-        runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._rollouts_task = asyncio.create_task(runtime.rollouts.run(), name="rollouts")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
@@ -119,24 +132,6 @@ class Runtime:
             await listener.close()
         await self.kube.close()
         await self.leadership.close()
-
-    async def _load(self) -> None:
-        """Every flag, schedule and window of the readable watched namespaces (unreadable ones reported)."""
-        async for page in self.access.list_pages(FLAGS):
-            for body in page:
-                self.book.observe_flag(None, body)
-                self.validity.observe(None, body, leading=False)
-        async for page in self.access.list_pages(SCHEDULES):
-            for body in page:
-                self.book.observe_schedule(None, body)
-                self.crons.observe_schedule(None, body)
-                self.rollouts.observe_schedule(None, body)
-        async for page in self.access.list_pages(CRON_SCHEDULES):
-            for body in page:
-                self.crons.observe_cron(None, body)
-        async for page in self.access.list_pages(ROLLOUTS):
-            for body in page:
-                self.rollouts.observe_rollout(None, body)
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
@@ -190,7 +185,7 @@ class Runtime:
     async def close(self) -> None:
         """Stop applying, hand the Lease over, close the client and the endpoints."""
         self._closing = True
-        for task in (self._recheck, self._election, self._task, self._admission_task, self._rollouts_task):
+        for task in (*self._watches, self._election, self._task, self._admission_task, self._rollouts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -206,6 +201,8 @@ class Runtime:
         """Why this replica is unhealthy (for the liveness probe), or None."""
         if self._election is not None and self._election.done():
             return "the leader election task has ended"
+        if any(task.done() for task in self._watches):
+            return "a watch has ended"
         if self._admission_task is not None and self._admission_task.done():
             return "the admission policy check has ended"
         if self._rollouts_task is not None and self._rollouts_task.done():
