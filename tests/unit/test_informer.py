@@ -167,3 +167,17 @@ def test_kopf_watches_nothing_of_its_own() -> None:
     resource_handlers = [*registry._watching.get_all_handlers(), *registry._changing.get_all_handlers(),
                          *registry._indexing.get_all_handlers(), *registry._spawning.get_all_handlers()]
     assert resource_handlers == []  # else Kopf would LIST each kind again after the runtime's LIST
+
+
+async def test_a_watch_that_ended_fails_the_liveness_probe() -> None:
+    from flag_scheduler.scheduling.runtime import Runtime
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    ended = asyncio.create_task(broken())
+    with pytest.raises(RuntimeError):
+        await ended
+    runtime = Runtime.__new__(Runtime)
+    runtime._election, runtime._watches = None, [ended]
+    assert runtime.healthy() == "a watch has ended"

@@ -47,6 +47,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _watch_ended(task: asyncio.Task) -> None:
+    """A watch never ends by itself: say why it did (``/healthz`` then fails, and Kubernetes restarts us)."""
+    if not task.cancelled():
+        log.critical("watch.ended", task=task.get_name(), error=repr(task.exception()), exc_info=task.exception())
+
+
 def clock(offset_seconds: float) -> Callable[[], datetime]:
     """The operator's clock: the host's, shifted by FLAG_SCHEDULER_CLOCK_OFFSET_SECONDS (tests only)."""
     if not offset_seconds:
@@ -105,6 +111,8 @@ class Runtime:
             await informer.load()
         failpoints.reach("start.after-list")
         runtime._watches = [asyncio.create_task(i.run(), name=f"watch-{i.plural}") for i in runtime.informers]
+        for task in runtime._watches:
+            task.add_done_callback(_watch_ended)
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
