@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from kubernetes.aio.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -190,21 +191,30 @@ async def _first_answers(started: float, *urls: str) -> list[float]:
 async def _wait_claimed(cluster: Cluster, ns: str, pending: int, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        todo = 0
-        token = None
-        while True:
-            kw = {"limit": 1000, **({"_continue": token} if token else {})}
-            page = await with_retries(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, ns, SCHEDULES,
-                                      **kw)
-            todo += sum(1 for s in page["items"] if s["metadata"]["name"].startswith("todo-")
-                        and (s.get("status") or {}).get("claimedBy"))
-            token = page["metadata"].get("continue")
-            if not token:
-                break
+        try:
+            todo = await _claimed_count(cluster, ns)
+        except ApiException as err:
+            if err.status != 410:
+                raise
+            continue  # the LIST outlived its continue token (a loaded machine): count again
         if todo >= pending:
             return
         await asyncio.sleep(2)
     raise RuntimeError("first sight did not finish")
+
+
+async def _claimed_count(cluster: Cluster, ns: str) -> int:
+    """The pending (``todo-``) schedules that have been claimed, over one paged LIST."""
+    todo = 0
+    token = None
+    while True:
+        kw = {"limit": 1000, **({"_continue": token} if token else {})}
+        page = await with_retries(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, ns, SCHEDULES, **kw)
+        todo += sum(1 for s in page["items"] if s["metadata"]["name"].startswith("todo-")
+                    and (s.get("status") or {}).get("claimedBy"))
+        token = page["metadata"].get("continue")
+        if not token:
+            return todo
 
 
 async def one_flag(cluster: Cluster, operator: OperatorProcess, count: int, gap: float) -> dict:
