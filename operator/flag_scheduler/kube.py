@@ -143,26 +143,17 @@ class Kube:
     async def list_pages(self, plural: str, namespace: str | None, patience: float = 60.0) -> AsyncIterator[Page]:
         """One LIST of a kind in one namespace (None: every namespace), page by page, at one resourceVersion.
 
-        The next page is requested as soon as a page arrives, so the API server prepares it while
-        the caller takes in this one (at 110,000 objects the LIST is most of the start-up). Retries
-        a page for up to ``patience`` seconds while the server is not ready to answer (429 while a
-        new CRD's storage initializes, 5xx, connection errors), as happens right after install.
+        Retries a page for up to ``patience`` seconds while the server is not ready to answer (429
+        while a new CRD's storage initializes, 5xx, connection errors), as happens right after install.
         """
-        def fetch(token: str | None) -> asyncio.Task[dict[str, Any]]:
-            return asyncio.ensure_future(
-                self._with_patience(lambda: self._list_page(plural, namespace, token), patience))
-
-        coming: asyncio.Task[dict[str, Any]] | None = fetch(None)
-        try:
-            while coming is not None:
-                page = await coming
-                meta = page.get("metadata") or {}
-                coming = fetch(meta["continue"]) if meta.get("continue") else None
-                yield Page(page["items"], meta.get("resourceVersion", ""))
-        finally:
-            if coming is not None:  # the caller stopped early: the prefetched page is not wanted
-                coming.cancel()
-                coming.add_done_callback(lambda task: task.cancelled() or task.exception())
+        token: str | None = None
+        while True:
+            page = await self._with_patience(lambda: self._list_page(plural, namespace, token), patience)
+            meta = page.get("metadata") or {}
+            yield Page(page["items"], meta.get("resourceVersion", ""))
+            token = meta.get("continue")
+            if not token:
+                return
 
     async def _list_page(self, plural: str, ns: str | None, token: str | None) -> dict[str, Any]:
         kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}

@@ -7,6 +7,7 @@ requests are exercised against the API server in ``tests/integration/test_startu
 from __future__ import annotations
 
 import asyncio
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import kopf
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler.kube import Kube, Page
+from flag_scheduler.kube import Page
 from flag_scheduler.scheduling import informer as informer_module
 from flag_scheduler.scheduling.informer import Informer
 
@@ -138,26 +139,6 @@ async def test_one_object_the_runtime_cannot_take_does_not_stop_the_others() -> 
     with pytest.raises(Done):
         await informer.run()
     assert taken == ["fine", "also-fine"]
-
-
-async def test_a_list_comes_page_by_page_in_order_and_the_next_page_is_asked_for_before_this_one_is_taken() -> None:
-    asked: list[str | None] = []
-
-    class Pages:
-        async def list_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            token = kwargs.get("_continue")
-            asked.append(token)
-            number = int(token or 0)
-            return {"items": [obj(f"s{number}", f"u{number}", "5")],
-                    "metadata": {"resourceVersion": "9", **({"continue": str(number + 1)} if number < 2 else {})}}
-
-    kube = Kube.__new__(Kube)
-    kube.custom, kube.timeout = Pages(), 1.0
-    seen = []
-    async for page in kube.list_pages("flagschedules", "a"):
-        await asyncio.sleep(0)  # the caller takes its time with the page
-        seen.append((page.items[0]["metadata"]["name"], page.version, list(asked)))
-    assert seen == [("s0", "9", [None, "1"]), ("s1", "9", [None, "1", "2"]), ("s2", "9", [None, "1", "2"])]
 
 
 def test_kopf_watches_nothing_of_its_own() -> None:
