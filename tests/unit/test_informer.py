@@ -7,7 +7,6 @@ requests are exercised against the API server in ``tests/integration/test_startu
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from typing import Any
 
