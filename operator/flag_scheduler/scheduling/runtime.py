@@ -64,7 +64,7 @@ def clock(offset_seconds: float) -> Callable[[], datetime]:
 class Runtime:
     """Everything the handlers need, created once per process."""
 
-    def __init__(self, settings: Settings, kube: Kube) -> None:
+    def __init__(self, settings: Settings, kube: Kube, watch_kube: Kube | None = None) -> None:
         self.settings = settings
         self.kube = kube
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
@@ -86,7 +86,10 @@ class Runtime:
         # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
         self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh,
                                           lambda ref, *event: self.ctx.event_about(ref, "FlagRollout", *event))
-        self.informers = [Informer(kube, self.access, plural, observe) for plural, observe in (
+        # The watches hold their connections for minutes: a client of their own, so they never take
+        # the connections the flag and status writes need (MAX_CONCURRENCY * 2).
+        self.watch_kube = watch_kube or kube
+        self.informers = [Informer(self.watch_kube, self.access, plural, observe) for plural, observe in (
             (FLAGS, self.observe_flag), (SCHEDULES, self.observe_schedule),
             (CRON_SCHEDULES, self.observe_cron), (ROLLOUTS, self.observe_rollout))]
         self._watches: list[asyncio.Task] = []
@@ -100,7 +103,9 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        runtime = cls(settings, kube)
+        # One connection per watch (four kinds per watched namespace), one spare.
+        watch_kube = await Kube.connect(settings.identity, pool_size=4 * max(1, len(settings.namespaces)) + 1)
+        runtime = cls(settings, kube, watch_kube)
         try:
             await runtime._serve_endpoints()
             await check_lease_namespace(settings, kube.api)
@@ -139,6 +144,8 @@ class Runtime:
         for listener in self.endpoints:
             await listener.close()
         await self.kube.close()
+        if self.watch_kube is not self.kube:
+            await self.watch_kube.close()
         await self.leadership.close()
 
     async def _lead(self) -> None:
