@@ -68,7 +68,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"idle API requests beyond the Lease and watch re-opens ({s['idle_window']:.0f} s window)",
          f"{_n(r['idle_non_lease_requests_per_s'], 1)}/s ({_n(r['idle_requests_per_s'], 1)}/s with the Lease)",
          f"0: {_verdict(r, 'idle_non_lease_requests_per_s')}"),
-        ("idle watch re-opens (2 watches, each re-opened by Kopf every "
+        ("idle watch re-opens (2 watches, each re-opened by the operator every "
          f"{_n(r['idle_watch_reopen_every_s'], 0)} s)", f"{_n(r['idle_watch_reopens_in_window'], 0)} in the window", ""),
         (f"failover, leader `kill -9`ed {r['phases_failover_kills']} times: kill → next schedule applied, "
          "median / max", f"{_n(r['failover_median_s'], 2)} / {_n(r['failover_max_s'], 2)} s", ""),
@@ -107,6 +107,9 @@ def _scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("scale: Lease acquired → due schedule applied (process start → leading)",
          f"{_n(r['scale_startup_s'])} s ({_n(h['process_start_to_leading_s'], 1)} s)",
          f"< 30 s: {ok(r['scale_startup_s'] < 30)}"),
+        *([("scale: process start → leading (Lease held and book complete), median of restarts",
+            f"{_n(r['scale_start_to_leading_s'], 1)} s (`/healthz` after {_n(h['process_start_to_healthz_s'], 1)} s)",
+            f"< 15 s: {ok(r['scale_start_to_leading_s'] < 15)}")] if "scale_start_to_leading_s" in r else []),
         (f"scale: one flag with {one['count']:,} pending, {one['gap_s'] * 1000:.0f} ms apart: lateness p50 / p99 / max",
          f"{_n(one['lateness_p50_s'])} / {_n(r['one_flag_1k_lateness_p99_s'])} / {_n(one['lateness_max_s'])} s",
          f"p99 ≤ 0.25 s: {ok(r['one_flag_1k_lateness_p99_s'] <= 0.25)}"),

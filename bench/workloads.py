@@ -190,9 +190,9 @@ async def burst(env: Env, count: int, flags: int) -> dict[str, Any]:
 
 
 def kopf_server_timeout() -> float:
-    """The watch server timeout the operator sets at startup (handlers.py), in seconds."""
-    source = (REPO / "operator" / "flag_scheduler" / "scheduling" / "handlers.py").read_text()
-    return float(re.search(r"settings\.watching\.server_timeout = (\d+)", source).group(1))
+    """The watch server timeout the operator asks for (``WATCH_SECONDS`` in kube.py), in seconds."""
+    source = (REPO / "operator" / "flag_scheduler" / "kube.py").read_text()
+    return float(re.search(r"^WATCH_SECONDS = (\d+)", source, re.M).group(1))
 
 
 async def idle(env: Env, count: int, flags: int, window: float) -> dict[str, Any]:
@@ -227,7 +227,7 @@ async def idle(env: Env, count: int, flags: int, window: float) -> dict[str, Any
         # Beyond the Lease, and apart from watch re-opens (reported below): writes, GETs and LISTs.
         "operator_non_lease_requests_per_s": round((sum(1 for w in writes if w.resource != "leases") + sum(
             v for k, v in reads.items() if k.split()[1] == GROUP and k.split()[0] != "WATCH")) / (w1 - w0), 3),
-        # A watch is counted when it ends; Kopf re-opens each at once, every server_timeout seconds.
+        # A watch is counted when it ends; the operator re-opens each at once, every server_timeout seconds.
         "watch_reopens_in_window": sum(v for k, v in reads.items() if k.split()[:2] == ["WATCH", GROUP]),
         "watch_reopen_every_s": kopf_server_timeout(),
         "watches": 2,  # flags and schedules, in the one watched namespace

@@ -14,7 +14,7 @@ import json
 import os
 from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 from kubernetes.aio import client, config
@@ -82,6 +82,31 @@ REQUEST_TIMEOUT = 30.0
 PAGE_SIZE = 500
 
 
+# The server ends each WATCH after this; it is resumed from the last resourceVersion seen.
+WATCH_SECONDS = 240
+MAX_LINE = 8 * 1024 * 1024  # one watch event; etcd refuses objects above ~1.5 MiB
+
+
+class Page(NamedTuple):
+    """One page of a LIST and the LIST's resourceVersion (the same on every page)."""
+
+    items: list[dict[str, Any]]
+    version: str
+
+
+async def watch_events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of a watch response, one per line (lines of any size up to ``MAX_LINE``)."""
+    buffer = b""
+    async for chunk in content.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+        if len(buffer) > MAX_LINE:
+            raise aiohttp.ClientPayloadError(f"a watch event larger than {MAX_LINE} bytes")
+
+
 async def api_client(pool_size: int) -> client.ApiClient:
     """An API client with its own connection pool: in-cluster config in a pod, else ``$KUBECONFIG``."""
     configuration = client.Configuration()
@@ -115,22 +140,20 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def list_pages(
-        self, plural: str, namespaces: list[str], patience: float = 60.0
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every object of a kind in the watched namespaces (all if the list is empty), page by page.
+    async def list_pages(self, plural: str, namespace: str | None, patience: float = 60.0) -> AsyncIterator[Page]:
+        """One LIST of a kind in one namespace (None: every namespace), page by page, at one resourceVersion.
 
         Retries a page for up to ``patience`` seconds while the server is not ready to answer (429
         while a new CRD's storage initializes, 5xx, connection errors), as happens right after install.
         """
-        for ns in namespaces or [None]:
-            token: str | None = None
-            while True:
-                page = await self._with_patience(lambda: self._list_page(plural, ns, token), patience)
-                yield page["items"]
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+        token: str | None = None
+        while True:
+            page = await self._with_patience(lambda: self._list_page(plural, namespace, token), patience)
+            meta = page.get("metadata") or {}
+            yield Page(page["items"], meta.get("resourceVersion", ""))
+            token = meta.get("continue")
+            if not token:
+                return
 
     async def _list_page(self, plural: str, ns: str | None, token: str | None) -> dict[str, Any]:
         kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}
@@ -139,6 +162,28 @@ class Kube:
         if ns is None:
             return await self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kw)
         return await self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **kw)
+
+    async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
+        """The events of one WATCH from ``version`` (bookmarks included), until the server ends it.
+
+        Bounded: the server ends it after ``WATCH_SECONDS``, and a connection gone silent is
+        abandoned 30 s later. A refusal at the start is an ``ApiException`` (410: the version is gone).
+        """
+        kw: dict[str, Any] = {"watch": True, "resource_version": version, "allow_watch_bookmarks": True,
+                              "timeout_seconds": WATCH_SECONDS, "_request_timeout": float(WATCH_SECONDS + 30)}
+        if namespace is None:
+            response = await self.custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, plural, **kw)
+        else:
+            response = await self.custom.list_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, plural, **kw)
+        try:
+            if response.status >= 400:
+                raise ApiException(status=response.status, reason=response.reason)
+            async for event in watch_events(response.content):
+                yield event
+        finally:
+            response.release()
 
     @staticmethod
     async def _with_patience(call: Callable[[], Awaitable[T]], patience: float) -> T:

@@ -9,20 +9,19 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-import kopf
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fake_kube import FakeKube
 from flag_scheduler.scheduling import dispatcher as dispatcher_module
 from flag_scheduler import metrics
-from flag_scheduler.scheduling import handlers, leader
+from flag_scheduler.scheduling import leader
 from flag_scheduler.scheduling.context import EVENT_BACKLOG, Ctx
 from flag_scheduler.scheduling.book import Book
 from flag_scheduler.config import Settings
 from flag_scheduler.http_server import endpoints_app
 from flag_scheduler.scheduling.dispatcher import Dispatcher
-from flag_scheduler.kube import REQUEST_TIMEOUT, Kube
+from flag_scheduler.kube import REQUEST_TIMEOUT, WATCH_SECONDS, Kube
 from flag_scheduler.models import ObjectRef
 
 
@@ -33,6 +32,12 @@ class Answer(dict):
 
     def release(self) -> None:
         pass
+
+    @property
+    def content(self) -> Any:  # a watch's body: one bookmark
+        async def iter_any() -> Any:
+            yield b'{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "2"}}}\n'
+        return SimpleNamespace(iter_any=iter_any)
 
 
 class Recorder:
@@ -74,8 +79,9 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.delete_schedule(ref)
     await kube.post_event(ref, "FlagSchedule", "Normal", "R", "m", now)
     await kube.post_operator_event("home", "flag-scheduler", "R", "m", now)
-    async for _ in kube.list_pages("flagschedules", []):
+    async for _ in kube.list_pages("flagschedules", None):
         pass
+    assert [e["type"] async for e in kube.watch("flagschedules", "ns", "1")] == ["BOOKMARK"]
     await kube.list_admission_policies()
     await kube.create("flagschedules", "ns", {})
     await kube.patch_status("flagcronschedules", ref, {})
@@ -84,11 +90,13 @@ async def test_every_request_of_the_operator_has_a_timeout() -> None:
     await kube.cancel_schedule("ns", "s", "u")
     assert sorted(public) == sorted(["get", "patch_flag_spec", "fence_flag", "fence_flag_status", "patch_schedule_status",
                                      "patch_flag_status", "set_owner", "delete_schedule", "post_event",
-                                     "post_operator_event", "list_pages", "list_admission_policies", "create",
+                                     "post_operator_event", "list_pages", "watch", "list_admission_policies", "create",
                                      "patch_status", "set_owners", "cancel_schedule"]), "a new request: test it here"
     calls = kube.custom.calls + kube.core.calls + kube.admission.calls
     assert len(calls) == len(public) + 2  # list_admission_policies makes two requests; patch_status is called twice
-    assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls), calls
+    watches = [kwargs for _, kwargs in calls if kwargs.get("watch")]
+    assert watches == [{**watches[0], "timeout_seconds": WATCH_SECONDS, "_request_timeout": WATCH_SECONDS + 30}]
+    assert all(kwargs.get("_request_timeout") == REQUEST_TIMEOUT for _, kwargs in calls if not kwargs.get("watch"))
 
 
 async def test_events_are_posted_a_few_at_a_time_and_dropped_past_the_backlog() -> None:
@@ -147,16 +155,3 @@ async def test_a_failing_leadership_callback_ends_the_process(monkeypatch: pytes
 
     await leader._or_exit(broken(), "start")
     assert codes == [70]
-
-
-async def test_watches_are_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_runtime(settings: Any) -> None:
-        return None
-
-    monkeypatch.setattr(handlers.Runtime, "start", no_runtime)
-    settings = kopf.OperatorSettings()
-    await handlers.startup(settings=settings, memo=kopf.Memo(settings=Settings(identity="me")))
-    assert settings.watching.server_timeout < settings.watching.client_timeout <= 270
-    assert settings.watching.connect_timeout is not None
-    assert settings.watching.chunk_size == 500  # Kopf's initial LIST is paged too
-    assert settings.queueing.idle_timeout <= 0.5  # and its idle per-object workers do not pile up

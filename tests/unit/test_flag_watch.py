@@ -7,9 +7,9 @@ import json
 import aiohttp
 import pytest
 
-from flag_scheduler.scheduling.namespace_access import RECHECK_SECONDS, EndlessBackoff
+from flag_scheduler.kube import MAX_LINE, watch_events
 from flag_scheduler.serving.flag_store import FlagStore
-from flag_scheduler.serving.flag_watch import MAX_LINE, FlagWatch, Gone, _events
+from flag_scheduler.serving.flag_watch import FlagWatch, Gone
 
 
 class Chunks:
@@ -22,7 +22,7 @@ class Chunks:
 
 
 async def collect(*chunks: bytes) -> list[dict]:
-    return [event async for event in _events(Chunks(*chunks))]  # type: ignore[arg-type]
+    return [event async for event in watch_events(Chunks(*chunks))]  # type: ignore[arg-type]
 
 
 async def test_events_are_split_at_newlines_whatever_the_chunks() -> None:
@@ -49,11 +49,3 @@ def test_a_gone_resource_version_means_list_again_and_other_events_reach_the_sto
     assert '"f"' in watch.store.snapshot("a").configuration
     with pytest.raises(Gone):
         watch._apply({"type": "ERROR", "object": {"code": 410, "message": "too old"}}, "9")
-
-
-def test_kopf_gets_retries_without_end() -> None:
-    backoff = EndlessBackoff()
-    assert not hasattr(backoff, "__len__")  # Kopf counts the tries of a sized sequence only
-    first = iter(backoff)
-    assert [next(first) for _ in range(6)] == [1.0, 2.0, 5.0, RECHECK_SECONDS, RECHECK_SECONDS, RECHECK_SECONDS]
-    assert next(iter(backoff)) == 1.0  # every request starts from the beginning

@@ -4,6 +4,12 @@ It serves no flags (that is the flag server, ``flag-scheduler serve``) and liste
 application reaches: only ``/healthz`` (liveness), ``/readyz`` (readiness, its own port) and
 ``/metrics``, all served from before the initial LIST (Kopf's own liveness endpoint would only open
 after the startup handler, i.e. after that LIST).
+
+Start-up, in order: the endpoints; one LIST of each kind (``informer.py``: flags, schedules,
+windows, rollouts), which completes the book; the watches from those LISTs' resourceVersions; and
+only then the campaign for the Lease. So "leading" means the Lease is held *and* the book holds
+every object as of the LISTs, with the watches already delivering what changed since: the first
+due schedule is applied knowing every other schedule of its flag.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flag_scheduler import failpoints
 from flag_scheduler.config import Settings
 from flag_scheduler.cronschedule.controller import CronController
 from flag_scheduler.cronschedule.edges import TZDATA_VERSION
@@ -30,6 +37,7 @@ from flag_scheduler.scheduling.book import Book
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.scheduling.flag_validity import FlagValidity
+from flag_scheduler.scheduling.informer import Informer
 from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.scheduling.namespace_access import NamespaceAccess
 
@@ -38,6 +46,12 @@ log = get_logger()
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _watch_ended(task: asyncio.Task) -> None:
+    """A watch never ends by itself: say why it did (``/healthz`` then fails, and Kubernetes restarts us)."""
+    if not task.cancelled():
+        log.critical("watch.ended", task=task.get_name(), error=repr(task.exception()), exc_info=task.exception())
 
 
 def clock(offset_seconds: float) -> Callable[[], datetime]:
@@ -51,7 +65,7 @@ def clock(offset_seconds: float) -> Callable[[], datetime]:
 class Runtime:
     """Everything the handlers need, created once per process."""
 
-    def __init__(self, settings: Settings, kube: Kube) -> None:
+    def __init__(self, settings: Settings, kube: Kube, watch_kube: Kube | None = None) -> None:
         self.settings = settings
         self.kube = kube
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
@@ -73,33 +87,45 @@ class Runtime:
         # FlagRollouts: a controller of its own that creates FlagSchedules, acting only while leading.
         self.rollouts = RolloutController(kube, now, self.book.flag, self.leadership.fresh,
                                           lambda ref, *event: self.ctx.event_about(ref, "FlagRollout", *event))
+        # The watches hold their connections for minutes: a client of their own, so they never take
+        # the connections the flag and status writes need (MAX_CONCURRENCY * 2).
+        self.watch_kube = watch_kube or kube
+        self.informers = [Informer(self.watch_kube, self.access, plural, observe) for plural, observe in (
+            (FLAGS, self.observe_flag), (SCHEDULES, self.observe_schedule),
+            (CRON_SCHEDULES, self.observe_cron), (ROLLOUTS, self.observe_rollout))]
+        self._watches: list[asyncio.Task] = []
         self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
         self._election: asyncio.Task | None = None
-        self._recheck: asyncio.Task | None = None
         self._closing = False
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         """Connect, load every flag and schedule (so catch-up sees all of them), start dispatching."""
         kube = await Kube.connect(settings.identity, pool_size=settings.max_concurrency * 2)
-        runtime = cls(settings, kube)
+        # One connection per watch (four kinds per watched namespace), one spare.
+        watch_kube = await Kube.connect(settings.identity, pool_size=4 * max(1, len(settings.namespaces)) + 1)
+        runtime = cls(settings, kube, watch_kube)
         try:
             await runtime._serve_endpoints()
             await check_lease_namespace(settings, kube.api)
         except BaseException:
             await runtime._close_clients()
             raise
-        await runtime._load()
+        for informer in runtime.informers:  # in this order: schedules find their flags already known
+            await informer.load()
         # What start-up built (imports, clients, the loaded book) lives as long as the process: freeze it
         # out of the collector, so a full collection scans only newer objects and no longer stalls the
         # loop for a tenth of a second or more (schedules due in that stall were applied late).
         gc.freeze()
+        failpoints.reach("start.after-list")
+        runtime._watches = [asyncio.create_task(i.run(), name=f"watch-{i.plural}") for i in runtime.informers]
+        for task in runtime._watches:
+            task.add_done_callback(_watch_ended)
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
-        runtime._recheck = asyncio.create_task(runtime.access.recheck(), name="namespace-recheck")
         runtime._task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
         runtime._rollouts_task = asyncio.create_task(runtime.rollouts.run(), name="rollouts")
         runtime._election = asyncio.create_task(runtime.leadership.run(), name="leader-election")
@@ -123,25 +149,9 @@ class Runtime:
         for listener in self.endpoints:
             await listener.close()
         await self.kube.close()
+        if self.watch_kube is not self.kube:
+            await self.watch_kube.close()
         await self.leadership.close()
-
-    async def _load(self) -> None:
-        """Every flag, schedule and window of the readable watched namespaces (unreadable ones reported)."""
-        async for page in self.access.list_pages(FLAGS):
-            for body in page:
-                self.book.observe_flag(None, body)
-                self.validity.observe(None, body, leading=False)
-        async for page in self.access.list_pages(SCHEDULES):
-            for body in page:
-                self.book.observe_schedule(None, body)
-                self.crons.observe_schedule(None, body)
-                self.rollouts.observe_schedule(None, body)
-        async for page in self.access.list_pages(CRON_SCHEDULES):
-            for body in page:
-                self.crons.observe_cron(None, body)
-        async for page in self.access.list_pages(ROLLOUTS):
-            for body in page:
-                self.rollouts.observe_rollout(None, body)
 
     async def _lead(self) -> None:
         """Became leader: plan every flag from the (warm) book and start applying."""
@@ -195,7 +205,7 @@ class Runtime:
     async def close(self) -> None:
         """Stop applying, hand the Lease over, close the client and the endpoints."""
         self._closing = True
-        for task in (self._recheck, self._election, self._task, self._admission_task, self._rollouts_task):
+        for task in (*self._watches, self._election, self._task, self._admission_task, self._rollouts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -211,6 +221,8 @@ class Runtime:
         """Why this replica is unhealthy (for the liveness probe), or None."""
         if self._election is not None and self._election.done():
             return "the leader election task has ended"
+        if any(task.done() for task in self._watches):
+            return "a watch has ended"
         if self._admission_task is not None and self._admission_task.done():
             return "the admission policy check has ended"
         if self._rollouts_task is not None and self._rollouts_task.done():

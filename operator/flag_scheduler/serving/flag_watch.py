@@ -15,15 +15,12 @@ retried every ``RETRY_FORBIDDEN`` seconds, while every other namespace is served
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler.kube import PAGE_SIZE, REQUEST_TIMEOUT, TRANSPORT_ERRORS
+from flag_scheduler.kube import PAGE_SIZE, REQUEST_TIMEOUT, TRANSPORT_ERRORS, WATCH_SECONDS, watch_events
 from flag_scheduler.logs import get_logger
 from flag_scheduler.metrics import NAMESPACE_READABLE
 from flag_scheduler.models import FLAGS, GROUP, VERSION
@@ -31,10 +28,8 @@ from flag_scheduler.serving.flag_store import FlagStore
 
 log = get_logger()
 
-WATCH_SECONDS = 240  # the server ends each watch after this; resumed from the last resourceVersion
 RETRY_FORBIDDEN = 10.0
 RETRY_ERROR = 1.0
-MAX_LINE = 8 * 1024 * 1024  # one watch event; etcd refuses objects above ~1.5 MiB
 CLUSTER = ""  # the metric's namespace label when watching every namespace
 
 
@@ -122,7 +117,7 @@ class FlagWatch:
         try:  # the aiohttp response itself, read line by line
             if response.status >= 400:
                 raise ApiException(status=response.status, reason=response.reason)
-            async for event in _events(response.content):
+            async for event in watch_events(response.content):
                 version = self._apply(event, version)
         finally:
             response.release()
@@ -138,15 +133,3 @@ class FlagWatch:
             self.store.observe(kind, obj)
         return (obj.get("metadata") or {}).get("resourceVersion") or version
 
-
-async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of a watch response, one per line (lines of any size up to ``MAX_LINE``)."""
-    buffer = b""
-    async for chunk in content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-        if len(buffer) > MAX_LINE:
-            raise aiohttp.ClientPayloadError(f"a watch event larger than {MAX_LINE} bytes")

@@ -1,0 +1,163 @@
+"""The informer: LIST, WATCH from the LIST's version, LIST again on 410 (handing over what vanished), skip refusals.
+
+A scripted stand-in for the two requests (``Kube.list_pages`` and ``Kube.watch``); the real
+requests are exercised against the API server in ``tests/integration/test_startup.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import kopf
+from kubernetes.aio.client.exceptions import ApiException
+
+from flag_scheduler.kube import Page
+from flag_scheduler.scheduling import informer as informer_module
+from flag_scheduler.scheduling.informer import Informer
+
+
+def obj(name: str, uid: str, rv: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "a", "name": name, "uid": uid, "resourceVersion": rv,
+                         **({"labels": labels} if labels else {})}}
+
+
+class Done(Exception):
+    """Ends the scripted run."""
+
+
+class ScriptedKube:
+    """Answers LISTs and WATCHes from scripts, in order; records the versions watched from."""
+
+    def __init__(self, lists: list[Any], watches: list[Any]) -> None:
+        self.lists, self.watches = lists, watches
+        self.watched_from: list[str] = []
+
+    async def list_pages(self, plural: str, namespace: str | None) -> AsyncIterator[Page]:
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        items, version = answer
+        yield Page(items, version)
+
+    async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
+        self.watched_from.append(version)
+        if not self.watches:
+            raise Done()
+        answer = self.watches.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        for event in answer:
+            yield event
+
+
+class Access:
+    def __init__(self, namespaces: list[str]) -> None:
+        self.namespaces = namespaces
+        self.reported: list[tuple[str, int]] = []
+        self.readable_again: list[str | None] = []
+
+    async def report(self, ns: str, err: ApiException) -> None:
+        self.reported.append((ns, err.status))
+
+    def readable(self, ns: str | None) -> None:
+        self.readable_again.append(ns)
+
+
+async def run(kube: ScriptedKube, access: Access) -> list[tuple[str | None, str]]:
+    seen: list[tuple[str | None, str]] = []
+    informer = Informer(kube, access, "flagschedules", lambda kind, body: seen.append((kind, body["metadata"]["name"])))  # type: ignore[arg-type]
+    await informer.load()
+    with pytest.raises(Done):
+        await informer.run()
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(informer_module, "RECHECK_SECONDS", 0)
+    monkeypatch.setattr(informer_module, "RETRY_ERROR", 0)
+
+
+async def test_the_watch_starts_at_the_list_and_resumes_where_it_ended() -> None:
+    kube = ScriptedKube(lists=[([obj("s1", "u1", "5")], "7")],
+                        watches=[[{"type": "ADDED", "object": obj("s2", "u2", "8")}],
+                                 [{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}],
+                                 ConnectionResetError("dropped")])
+    seen = await run(kube, Access(["a"]))
+    assert seen == [(None, "s1"), ("ADDED", "s2")]
+    assert kube.watched_from == ["7", "8", "12", "12"]  # a dropped connection resumes, no new LIST
+
+
+async def test_gone_lists_again_and_hands_over_what_vanished_meanwhile_as_deleted() -> None:
+    kube = ScriptedKube(lists=[([obj("kept", "u1", "5"), obj("edge", "u2", "5", window="w")], "7"),
+                               ([obj("kept", "u1", "20"), obj("new", "u3", "21")], "30")],
+                        watches=[[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}],
+                                 ApiException(status=410, reason="Gone")])
+    deleted: list[dict[str, Any]] = []
+    informer = Informer(kube, Access(["a"]), "flagschedules",  # type: ignore[arg-type]
+                        lambda kind, body: deleted.append(body) if kind == "DELETED" else None)
+    await informer.load()
+    kube.lists.append(([obj("kept", "u1", "20")], "40"))  # the 410 at the start of a watch: LIST again too
+    with pytest.raises(Done):
+        await informer.run()
+    assert [b["metadata"] for b in deleted] == [
+        {"uid": "u2", "namespace": "a", "name": "edge", "labels": {"window": "w"}},  # labels: for its window
+        {"uid": "u3", "namespace": "a", "name": "new"}]
+    assert kube.watched_from == ["7", "30", "40"]
+
+
+async def test_a_refused_namespace_is_reported_and_listed_once_readable_while_others_go_on() -> None:
+    refused = ApiException(status=403, reason="Forbidden")
+    kube = ScriptedKube(lists=[refused, ([obj("s1", "u1", "5")], "6"), refused, ([obj("s2", "u2", "9")], "10")],
+                        watches=[[], []])
+    access = Access(["locked", "open"])
+    informer = Informer(kube, access, "flagschedules", lambda kind, body: None)  # type: ignore[arg-type]
+    await informer.load()
+    assert access.reported == [("locked", 403)] and access.readable_again == ["open"]
+    with pytest.raises(Done):
+        await informer.run()
+    assert access.reported == [("locked", 403), ("locked", 403)]
+    assert access.readable_again == ["open", "locked"]
+
+
+async def test_one_object_the_runtime_cannot_take_does_not_stop_the_others() -> None:
+    def observe(kind: str | None, body: dict[str, Any]) -> None:
+        if body["metadata"]["name"] == "odd":
+            raise KeyError("spec")
+        taken.append(body["metadata"]["name"])
+
+    taken: list[str] = []
+    kube = ScriptedKube(lists=[([obj("odd", "u1", "5"), obj("fine", "u2", "5")], "6")],
+                        watches=[[{"type": "MODIFIED", "object": obj("odd", "u1", "7")},
+                                  {"type": "MODIFIED", "object": obj("also-fine", "u3", "8")}]])
+    informer = Informer(kube, Access(["a"]), "flagschedules", observe)  # type: ignore[arg-type]
+    await informer.load()
+    with pytest.raises(Done):
+        await informer.run()
+    assert taken == ["fine", "also-fine"]
+
+
+def test_kopf_watches_nothing_of_its_own() -> None:
+    import flag_scheduler.scheduling.handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    resource_handlers = [*registry._watching.get_all_handlers(), *registry._changing.get_all_handlers(),
+                         *registry._indexing.get_all_handlers(), *registry._spawning.get_all_handlers()]
+    assert resource_handlers == []  # else Kopf would LIST each kind again after the runtime's LIST
+
+
+async def test_a_watch_that_ended_fails_the_liveness_probe() -> None:
+    from flag_scheduler.scheduling.runtime import Runtime
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    ended = asyncio.create_task(broken())
+    with pytest.raises(RuntimeError):
+        await ended
+    runtime = Runtime.__new__(Runtime)
+    runtime._election, runtime._watches = None, [ended]
+    assert runtime.healthy() == "a watch has ended"
