@@ -31,8 +31,8 @@ POINTS = frozenset({
     "apply.after-flag-patch",  # the change landed on the flag, no status written yet
     "rollout.before-create",  # a rollout's status names the next step's schedule, not yet created
     "rollout.after-create",  # the step's schedule was created, nothing after it done yet
-    "settle.before-status",
-    "start.after-list",  # every kind was listed at start; the watches from those LISTs are not open yet  # the flag was checked and fenced; Cancelled/Missed/Failed/Superseded is next
+    "settle.before-status",  # the flag was checked and fenced; Cancelled/Missed/Failed/Superseded is next
+    "start.after-list",  # every kind was listed at start; the watches from those LISTs are not open yet
 })
 UNANSWERED = frozenset({
     "apply.flag-patch-unanswered",  # the flag PATCH carrying a schedule's change

@@ -195,6 +195,31 @@ def test_a_landed_change_is_known_however_many_other_changes_land_after_it(
     assert flag_writes(cluster, "busy") == 21
 
 
+def test_a_schedule_cancelled_while_a_new_leader_claims_it_is_never_applied(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """The new leader's claim meets the cancel (a 409): it must not claim, and apply, the cancelled spec."""
+    cluster.flag("claimed", enabled=False)
+    first = start_operator(log_name="first.log", FLAG_SCHEDULER_IDENTITY="first", **TAKEOVER)
+    cluster.schedule("cancel-me", "claimed", in_seconds(3600), {"enabled": True})
+    wait_for(lambda: cluster.status("cancel-me").get("claimedBy") == "first", timeout=20, what="the first claim")
+    first.kill()
+    cluster.patch_schedule("cancel-me", {"scheduledAt": in_seconds(-1).isoformat().replace("+00:00", "Z")})
+    # A renew deadline long enough that the pause below cannot cost the second replica its lead.
+    second = start_operator(log_name="second.log", FLAG_SCHEDULER_IDENTITY="second",
+                            FLAG_SCHEDULER_FAILPOINTS="apply.start", FLAG_SCHEDULER_LEASE_DURATION_SECONDS="6",
+                            FLAG_SCHEDULER_RENEW_DEADLINE_SECONDS="5", FLAG_SCHEDULER_RETRY_PERIOD_SECONDS="1")
+    second.wait_log("failpoint.stopped", timeout=30)  # generation 2 in hand, still claimed by "first"
+    cluster.patch_schedule("cancel-me", {"cancelled": True})  # generation 3
+    second.send(signal.SIGCONT)
+    status = finished(cluster, "cancel-me")
+    assert (status["phase"], status["observedGeneration"]) == ("Cancelled", 3)
+    assert cluster.get_flag("claimed")["spec"]["enabled"] is False
+    assert flag_writes(cluster, "claimed") <= 1  # the new leader's fence of a flag "first" held, no change
+    assert any("spec changed" in line.get("reason", "") for line in second.log_lines()
+               if line.get("event") == "flag.stand_down"), "the claim did not meet the cancel"
+
+
 # Behaviour 3: moving a retrying schedule moves its next attempt.
 
 

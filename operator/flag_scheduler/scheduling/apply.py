@@ -60,12 +60,17 @@ class RecreatedFlag(Exception):
     """The schedule is owned by a deleted namesake of its flag: never adopted, never applied."""
 
 async def claim(ctx: Ctx, schedule: FlagSchedule) -> FlagSchedule:
-    """Hold the schedule for this replica (``status.claimedBy``) unless it already does."""
+    """Hold the schedule for this replica (``status.claimedBy``) unless it already does.
+
+    The claim is for the spec the caller decided on: a conflict that shows another generation (the
+    user cancelled, moved or re-pointed it meanwhile) stands down, and the schedule is planned again.
+    """
     if not ctx.is_leader():
         raise StandDown("the leader Lease was not renewed in time")
     if schedule.status.claimed_by == ctx.settings.identity:
         return schedule
-    claimed = await write_status(ctx, schedule, {"claimedBy": ctx.settings.identity}, steal=True)
+    claimed = await write_status(ctx, schedule, {"claimedBy": ctx.settings.identity}, steal=True,
+                                 same_spec=True)
     if claimed is None:
         raise StandDown("the schedule was deleted or finished meanwhile")
     return claimed

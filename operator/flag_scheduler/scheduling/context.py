@@ -118,9 +118,10 @@ async def write_status(
     Returns the schedule as written, or None if nothing was written: it is gone (deleted, or
     re-created: another uid is another schedule) or already terminal. A conflict that shows another
     replica's claim stands down, except for a claim (``steal``). ``same_spec``: the status is an
-    outcome decided for the spec as read (Retrying, Cancelled, Missed, Failed, Superseded); if the
-    fresh copy has another generation (the user moved, cancelled or re-pointed it meanwhile), stand
-    down instead of writing that outcome onto a spec it was not decided for.
+    outcome decided for the spec as read (Retrying, Cancelled, Missed, Failed, Superseded, or the
+    claim before an apply); if the fresh copy has another generation (the user moved, cancelled or
+    re-pointed it meanwhile), stand down instead of writing that outcome onto a spec it was not
+    decided for.
     """
     build = new_status if callable(new_status) else (lambda _: new_status)
     for _ in range(CONFLICT_ATTEMPTS):
