@@ -165,7 +165,8 @@ class Kube:
         if token:
             kw["_continue"] = token
         if ns is None:
-            response = await self.custom.list_cluster_custom_object_without_preload_content(GROUP, VERSION, plural, **kw)
+            response = await self.custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, plural, **kw)
         else:
             response = await self.custom.list_namespaced_custom_object_without_preload_content(
                 GROUP, VERSION, ns, plural, **kw)
