@@ -78,8 +78,12 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 
 # Every request is bounded: an answer within this many seconds or a timeout (an ApplyFailure).
 REQUEST_TIMEOUT = 30.0
-# Objects per LIST page at start: memory stays flat however many schedules the cluster holds.
-PAGE_SIZE = 500
+# Objects per LIST page at start: memory stays flat however many schedules the cluster holds. The API
+# server serves each page of a LIST from its watch cache by walking every object from the page's
+# start to the end of the kind, so the pages of one LIST cost it O(objects² / PAGE_SIZE): at 110,000
+# schedules 500 a page took 18 to 24 CPU-s of it, 5,000 10 to 15 (the operator's RSS 240 MB instead
+# of 217; 10,000 a page: 289 MB, with little more gained).
+PAGE_SIZE = 5000
 
 
 # The server ends each WATCH after this; it is resumed from the last resourceVersion seen.
@@ -156,12 +160,23 @@ class Kube:
                 return
 
     async def _list_page(self, plural: str, ns: str | None, token: str | None) -> dict[str, Any]:
+        """One page, decoded once from the bytes (the generated client decodes them to text first)."""
         kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}
         if token:
             kw["_continue"] = token
         if ns is None:
-            return await self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kw)
-        return await self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **kw)
+            response = await self.custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, plural, **kw)
+        else:
+            response = await self.custom.list_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, ns, plural, **kw)
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason, body=body.decode(errors="replace"))
+        return json.loads(body)
 
     async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
         """The events of one WATCH from ``version`` (bookmarks included), until the server ends it.

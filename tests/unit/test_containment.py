@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -32,6 +33,9 @@ class Answer(dict):
 
     def release(self) -> None:
         pass
+
+    async def read(self) -> bytes:  # a LIST page's body
+        return json.dumps(self).encode()
 
     @property
     def content(self) -> Any:  # a watch's body: one bookmark

@@ -94,3 +94,17 @@ def test_final_stage_carries_no_build_tools_or_source() -> None:
     assert copies == ["--from=build /opt/flag-scheduler /opt/flag-scheduler"]
     base = final[0][1]
     assert base.startswith("python:3.11.") and "slim" in base and "latest" not in base
+
+
+def test_the_image_ships_the_bytecode_of_what_both_workloads_import() -> None:
+    """The runtime stage never writes bytecode (PYTHONDONTWRITEBYTECODE, a read-only venv): what it
+    lacks is compiled again at every start, before the scheduler's LIST. The build stage removes
+    pip's bytecode of everything and then imports both workloads, which compiles just what they use."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    build = text[:text.rindex("\nFROM ")]
+    install = next(line for line in build.splitlines() if line.startswith("RUN") and "pip install" in line)
+    removed = install.index("__pycache__")
+    warm = install.find("python -c 'import flag_scheduler.scheduling.handlers, flag_scheduler.serving.flag_server'")
+    assert removed < warm, "the workloads' imports are compiled after pip's bytecode is removed"
+    final = dict(instructions())
+    assert "PYTHONDONTWRITEBYTECODE=1" in final["ENV"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -111,9 +112,10 @@ class Informer:
         """LIST one scope into ``observe``; the LIST's resourceVersion (None: the namespace refused it)."""
         seen: dict[str, Stub] = {}
         version = ""
+        started, pages = time.monotonic(), 0
         try:
             async for page in self.kube.list_pages(self.plural, scope):
-                version = page.version
+                version, pages = page.version, pages + 1
                 for body in page.items:
                     meta = body.get("metadata") or {}
                     seen[meta.get("uid", "")] = Stub.of(meta)
@@ -127,6 +129,8 @@ class Informer:
             self._hand("DELETED", self._known[scope][uid].deleted(uid))
         self._known[scope] = seen
         self.access.readable(scope)
+        log.info("informer.listed", kind=self.plural, namespace=scope, objects=len(seen), pages=pages,
+                 seconds=round(time.monotonic() - started, 3))
         return version
 
     async def _watch(self, scope: str | None, version: str) -> str:
