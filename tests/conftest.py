@@ -89,7 +89,7 @@ def control_plane(request: pytest.FixtureRequest) -> ControlPlane:
 
 
 def _start_control_plane(config: pytest.Config) -> ControlPlane:
-    cp = ControlPlane(fsync=False).start()
+    cp = ControlPlane(fsync=False, gogc=400).start()
     config._flag_scheduler_cp = cp
     state = _shared_dir(config) / CP_STATE
     state.with_suffix(".tmp").write_text(json.dumps(cp.describe()))

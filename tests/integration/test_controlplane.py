@@ -112,7 +112,7 @@ def test_versions_are_read_from_the_servers(control_plane: ControlPlane) -> None
 
 def test_second_control_plane_starts_and_stops_cleanly() -> None:
     """Teardown leaves no process or directory behind."""
-    with ControlPlane(fsync=False) as cp:
+    with ControlPlane(fsync=False, gogc=400) as cp:
         pids = [c.proc.pid for c in cp.components]
         tmp = cp.dir
         assert cp.versions()[0].startswith("v1.")

@@ -265,7 +265,7 @@ def test_followers_stay_warm_and_ready_and_a_clean_stop_hands_the_lease_over(
 @pytest.fixture
 def own_control_plane() -> Iterator[tuple[ControlPlane, Path]]:
     """A control plane for one test (one that restarts its API server): manifests applied, the SA's kubeconfig."""
-    with ControlPlane(fsync=False) as cp:
+    with ControlPlane(fsync=False, gogc=400) as cp:
         kubectl = Kubectl(cp)
         install(kubectl, REPO / "manifests" / "default")
         kubectl("apply", "--server-side", "-f", "-", input=TEST_LEASES)  # the replicas elect under their own Lease name
