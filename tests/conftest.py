@@ -183,8 +183,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if _is_worker(session.config):
-        return  # the controller starts the control plane once for every worker
+    if _is_worker(session.config) or session.config.option.collectonly:
+        return  # the controller starts the control plane once for every worker; listing tests needs none
     if any(item.get_closest_marker("integration") for item in session.items):
         _start_control_plane(session.config)
 

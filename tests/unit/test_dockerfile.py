@@ -104,7 +104,11 @@ def test_the_image_ships_the_bytecode_of_what_both_workloads_import() -> None:
     build = text[:text.rindex("\nFROM ")]
     install = next(line for line in build.splitlines() if line.startswith("RUN") and "pip install" in line)
     removed = install.index("__pycache__")
-    warm = install.find("python -c 'import flag_scheduler.scheduling.handlers, flag_scheduler.serving.flag_server'")
+    warm = install.find("python -c 'import flag_scheduler.scheduling.handlers, flag_scheduler.serving.flag_server;")
     assert removed < warm, "the workloads' imports are compiled after pip's bytecode is removed"
+    # The API classes the operator builds (kube.py, scheduling/leader.py) are imported on first use.
+    named = install[warm:].split("'")[1]
+    for api in ("AdmissionregistrationV1Api", "CoordinationV1Api", "CoreV1Api", "CustomObjectsApi"):
+        assert api in named, f"{api} is compiled at every start"
     final = dict(instructions())
     assert "PYTHONDONTWRITEBYTECODE=1" in final["ENV"]
