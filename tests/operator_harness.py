@@ -84,6 +84,8 @@ class OperatorProcess:
             **env,
         }
         self.proc: subprocess.Popen | zygote.ForkedProcess | None = None
+        self._parsed: list[dict[str, Any]] = []  # log_lines: the lines parsed so far, up to byte _parsed_to
+        self._parsed_to = 0
 
     def start(self, timeout: float = 30.0) -> OperatorProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -141,14 +143,26 @@ class OperatorProcess:
         )
 
     def log_lines(self) -> list[dict[str, Any]]:
-        """The operator's JSON log lines (non-JSON lines skipped)."""
-        lines = []
-        for line in self.log_path.read_text().splitlines():
+        """The operator's JSON log lines (non-JSON lines skipped).
+
+        Tests poll this every 0.1 s while the log grows to thousands of lines: each call parses only
+        the complete lines appended since the last (the file is only ever appended to).
+        """
+        with open(self.log_path, "rb") as log:
+            if log.seek(0, os.SEEK_END) < self._parsed_to:  # never expected: start again
+                self._parsed, self._parsed_to = [], 0
+            log.seek(self._parsed_to)
+            new = log.read()
+        complete = new[:new.rfind(b"\n") + 1]
+        self._parsed_to += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             try:
-                lines.append(json.loads(line))
+                parsed = json.loads(line)
             except ValueError:
                 continue
-        return lines
+            if isinstance(parsed, dict):
+                self._parsed.append(parsed)
+        return list(self._parsed)
 
 
 class FlagServerProcess(OperatorProcess):
@@ -166,6 +180,9 @@ class Cluster:
         self.core = k8s.CoreV1Api(api_client)
         self.cp = cp
         self.ns = namespace
+        # The audit log holds the whole run: entries about this namespace come after it was made, so
+        # ``audit`` reads from here on (by the end of a run the file holds every test's writes).
+        self._audit_from = cp.audit_log.stat().st_size if cp.audit_log.exists() else 0
 
     def flag(self, name: str, enabled: bool = False, rollout: int = 0, **spec: Any) -> dict[str, Any]:
         body = {
@@ -187,6 +204,16 @@ class Cluster:
 
     def get_flag(self, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "featureflags", name)
+
+    def schedule_gone(self, name: str) -> bool:
+        """True once the API server answers NotFound for the schedule (what ``kubectl get`` shows as NotFound)."""
+        try:
+            self.get_schedule(name)
+        except k8s.ApiException as e:
+            if e.status == 404:
+                return True
+            raise
+        return False
 
     def get_schedule(self, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "flagschedules", name)
@@ -228,8 +255,14 @@ class Cluster:
         Dry-run requests (the tests' own probes) are left out: they change nothing.
         """
         out = []
-        for line in self.cp.audit_log.read_text().splitlines():
-            if self.ns not in line:  # the log holds the whole run: parse only lines naming this test's namespace
+        with open(self.cp.audit_log, "rb") as log:
+            if log.seek(0, os.SEEK_END) >= self._audit_from:
+                log.seek(self._audit_from)
+            else:  # a new file (a control plane started again): all of it
+                log.seek(0)
+            text = log.read().decode()
+        for line in text.splitlines():
+            if self.ns not in line:  # parse only lines naming this test's namespace
                 continue
             e = json.loads(line)
             ref = e.get("objectRef", {})

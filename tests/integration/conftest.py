@@ -15,7 +15,18 @@ from conftest import REPO, Kubectl
 from controlplane import ControlPlane
 from operator_harness import Cluster, FlagServerProcess, OperatorProcess, wait_for
 
-from .admission import MARKER_POLICY, MARKER_UID, SCHEDULE_POLICY, accepted, create, flag, grant, patch, schedule, wait_can
+from .admission import (
+    MARKER_POLICY,
+    MARKER_UID,
+    SCHEDULE_POLICY,
+    admin_create,
+    create,
+    flag,
+    grant,
+    patch,
+    schedule,
+    wait_can,
+)
 
 OPERATOR_NAMESPACE = "flag-scheduler-system"
 OPERATOR_SERVICE_ACCOUNT = "flag-scheduler"
@@ -172,7 +183,7 @@ def policies(kubectl: Kubectl, operator_manifests: None) -> None:
     probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", probe)
     try:
-        accepted(create(kubectl, probe, flag("probe")))
+        admin_create(kubectl, probe, flag("probe"))
         grant(kubectl, probe, "carol", "create", "flagschedules.flagscheduler.dev")
         grant(kubectl, probe, "carol", "get,patch", "featureflags.flagscheduler.dev", names="probe")
         wait_can(kubectl, probe, "carol", "patch", "featureflags.flagscheduler.dev/probe")

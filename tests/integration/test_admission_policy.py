@@ -32,6 +32,9 @@ from .admission import (
     MARKER_UID,
     SCHEDULE_POLICY,
     accepted,
+    admin_create,
+    admin_exists,
+    admin_get,
     bind,
     can_i,
     create,
@@ -61,7 +64,7 @@ MARKERS = {
 def flags(kubectl: Kubectl, namespace: str, policies: None) -> str:
     """Two flags, checkout-v2 and pricing, in the test's namespace."""
     for name in ("checkout-v2", "pricing"):
-        accepted(create(kubectl, namespace, flag(name)))
+        admin_create(kubectl, namespace, flag(name))
     return namespace
 
 
@@ -76,7 +79,7 @@ def test_schedules_only_user_is_refused_naming_the_missing_permission(kubectl: K
         " FlagSchedule or changing its spec (flagRef, updates, scheduledAt, cancelled, retry, startingDeadlineSeconds,"
         " ttlSecondsAfterFinished) needs the permission to patch the flag it names",
     )
-    assert kubectl("get", "fs", "go-live", "-n", flags, check=False).returncode != 0
+    assert not admin_exists(kubectl, flags, "fs/go-live")
 
 
 def test_patch_on_that_one_flag_allows_scheduling_it_and_only_it(kubectl: Kubectl, flags: str) -> None:
@@ -96,14 +99,14 @@ def test_patch_on_that_one_flag_allows_scheduling_it_and_only_it(kubectl: Kubect
         patch(kubectl, flags, "fs/go-live", {"spec": {"flagRef": {"name": "pricing"}}}, user="bob"),
         SCHEDULE_POLICY, 'user "bob" may not patch featureflags.flagscheduler.dev "pricing"',
     )
-    stored = kubectl.json("get", "fs", "go-live", "-n", flags)["spec"]
+    stored = admin_get(kubectl, flags, "fs/go-live")["spec"]
     assert stored["flagRef"] == {"name": "checkout-v2"}
     assert stored["updates"] == {"enabled": True, "rolloutPercentage": 50}
 
 
 def test_changing_the_updates_of_someone_elses_schedule_needs_the_flag_too(kubectl: Kubectl, flags: str) -> None:
     """Every other field of the spec too: test_schedule_intent_policy.py."""
-    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2")))
+    admin_create(kubectl, flags, schedule("go-live", "checkout-v2"))
     grant(kubectl, flags, "carol", "get,update,patch", "flagschedules.flagscheduler.dev")
     wait_can(kubectl, flags, "carol", "patch", "flagschedules.flagscheduler.dev")
 
@@ -111,19 +114,19 @@ def test_changing_the_updates_of_someone_elses_schedule_needs_the_flag_too(kubec
         patch(kubectl, flags, "fs/go-live", {"spec": {"updates": {"enabled": False}}}, user="carol"),
         SCHEDULE_POLICY, 'user "carol" may not patch featureflags.flagscheduler.dev "checkout-v2"',
     )
-    assert kubectl.json("get", "fs", "go-live", "-n", flags)["spec"]["updates"] == {"enabled": True}
+    assert admin_get(kubectl, flags, "fs/go-live")["spec"]["updates"] == {"enabled": True}
 
 
 def test_changing_anything_inside_a_scheduled_targeting_rule_needs_the_flag(kubectl: Kubectl, flags: str) -> None:
     """The policy sees the whole rule: swapping one operator for another of the same size is a change."""
     rule = {"in": [{"var": "tenant"}, ["acme"]]}
-    accepted(create(kubectl, flags, schedule("rule", "checkout-v2", updates={"targeting": rule})))
+    admin_create(kubectl, flags, schedule("rule", "checkout-v2", updates={"targeting": rule}))
     grant(kubectl, flags, "carol", "get,update,patch", "flagschedules.flagscheduler.dev")
     wait_can(kubectl, flags, "carol", "patch", "flagschedules.flagscheduler.dev")
     swapped = {"targeting": {"in": None, "==": [{"var": "tenant"}, ["acme"]]}}
     refused(patch(kubectl, flags, "fs/rule", {"spec": {"updates": swapped}}, user="carol"),
             SCHEDULE_POLICY, 'user "carol" may not patch featureflags.flagscheduler.dev "checkout-v2"')
-    assert kubectl.json("get", "fs", "rule", "-n", flags)["spec"]["updates"]["targeting"] == rule
+    assert admin_get(kubectl, flags, "fs/rule")["spec"]["updates"]["targeting"] == rule
 
 
 @pytest.mark.parametrize("who", ["cluster-admin", "namespace-admin", "namespace-editor"])
@@ -140,8 +143,8 @@ def test_operator_writes_to_schedules_are_not_checked(
     kubectl: Kubectl, flags: str, operator_kubeconfig: Path
 ) -> None:
     """The operator's ownerReference (main resource) and status writes pass, sent as it sends them."""
-    accepted(create(kubectl, flags, schedule("go-live", "checkout-v2")))
-    uid = kubectl.json("get", "ff", "checkout-v2", "-n", flags)["metadata"]["uid"]
+    admin_create(kubectl, flags, schedule("go-live", "checkout-v2"))
+    uid = admin_get(kubectl, flags, "ff/checkout-v2")["metadata"]["uid"]
     owner = {"apiVersion": API_VERSION, "kind": "FeatureFlag", "name": "checkout-v2", "uid": uid}
     api = k8s_config.new_client_from_config(config_file=str(operator_kubeconfig))
     try:
@@ -153,7 +156,7 @@ def test_operator_writes_to_schedules_are_not_checked(
                                                   {"status": {"claimedBy": "replica-1"}})
     finally:
         api.close()
-    stored = kubectl.json("get", "fs", "go-live", "-n", flags)
+    stored = admin_get(kubectl, flags, "fs/go-live")
     assert stored["metadata"]["ownerReferences"][0]["uid"] == uid
     assert stored["status"]["claimedBy"] == "replica-1"
 
@@ -175,7 +178,7 @@ def named_annotations(message: str) -> list[str]:
 
 
 def _annotations(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
-    return kubectl.json("get", "ff", name, "-n", namespace)["metadata"].get("annotations", {})
+    return admin_get(kubectl, namespace, f"ff/{name}")["metadata"].get("annotations", {})
 
 
 def test_an_editor_cannot_forge_the_marker_of_a_pending_schedule(
@@ -184,7 +187,7 @@ def test_an_editor_cannot_forge_the_marker_of_a_pending_schedule(
     """The forgery the marker invites: the operator would mark the schedule Applied and skip the change."""
     accepted(create(kubectl, namespace, flag("checkout-v2"), user=editor))
     accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2"), user=editor))
-    uid = kubectl.json("get", "fs", "go-live", "-n", namespace)["metadata"]["uid"]
+    uid = admin_get(kubectl, namespace, "fs/go-live")["metadata"]["uid"]
 
     forged = {"flagscheduler.dev/last-applied-schedule": "go-live", MARKER_UID: uid}
     result = patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": forged}}, user=editor)
@@ -213,7 +216,7 @@ FORGERIES = [
 def test_an_editor_cannot_alter_remove_or_add_the_operators_annotations(
     kubectl: Kubectl, namespace: str, editor: str, annotations: dict[str, str | None]
 ) -> None:
-    accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS)))
+    admin_create(kubectl, namespace, flag("checkout-v2", MARKERS))
     result = patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": annotations}}, user=editor)
     message = refused(result, MARKER_POLICY, f'user "{editor}" may not set, change or remove the annotations ')
     assert named_annotations(message) == sorted(annotations)
@@ -224,7 +227,7 @@ def test_an_editor_cannot_create_a_flag_with_the_operators_annotations(
     kubectl: Kubectl, namespace: str, editor: str
 ) -> None:
     refused(create(kubectl, namespace, flag("checkout-v2", MARKERS), user=editor), MARKER_POLICY)
-    assert kubectl("get", "ff", "checkout-v2", "-n", namespace, check=False).returncode != 0
+    assert not admin_exists(kubectl, namespace, "ff/checkout-v2")
 
 
 def test_an_editor_still_edits_the_flag_and_its_own_annotations(kubectl: Kubectl, namespace: str, editor: str) -> None:
@@ -232,7 +235,7 @@ def test_an_editor_still_edits_the_flag_and_its_own_annotations(kubectl: Kubectl
     accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS), user="admin"))
     body = {"metadata": {"annotations": {"team": "checkout"}}, "spec": {"enabled": True}}
     accepted(patch(kubectl, namespace, "ff/checkout-v2", body, user=editor))
-    stored = kubectl.json("get", "ff", "checkout-v2", "-n", namespace)
+    stored = admin_get(kubectl, namespace, "ff/checkout-v2")
     assert stored["spec"]["enabled"] is True
     assert stored["metadata"]["annotations"] == {**MARKERS, "team": "checkout"}
 
@@ -240,7 +243,7 @@ def test_an_editor_still_edits_the_flag_and_its_own_annotations(kubectl: Kubectl
 def test_a_namespace_admin_cannot_forge_them_either(kubectl: Kubectl, namespace: str, policies: None) -> None:
     bind(kubectl, namespace, "carol", "admin")
     wait_can(kubectl, namespace, "carol", "patch", "featureflags.flagscheduler.dev")
-    accepted(create(kubectl, namespace, flag("checkout-v2")))
+    admin_create(kubectl, namespace, flag("checkout-v2"))
     refused(patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": {MARKER_UID: "x"}}},
                   user="carol"), MARKER_POLICY, 'user "carol"')
     assert not can_i(kubectl, namespace, "carol", "update", "featureflags.flagscheduler.dev", "--subresource=markers")
@@ -249,7 +252,7 @@ def test_a_namespace_admin_cannot_forge_them_either(kubectl: Kubectl, namespace:
 def test_the_operator_service_account_sets_alters_and_removes_them(
     kubectl: Kubectl, namespace: str, policies: None, operator_kubeconfig: Path
 ) -> None:
-    accepted(create(kubectl, namespace, flag("checkout-v2")))
+    admin_create(kubectl, namespace, flag("checkout-v2"))
     # As the operator sends it: the change and the markers in one merge PATCH.
     expected: dict[str, str] = {}
     for annotations in (MARKERS, {MARKER_UID: "3f1c0d5e-0000-4000-8000-000000000002"}, dict.fromkeys(MARKERS)):
@@ -262,7 +265,7 @@ def test_the_operator_service_account_sets_alters_and_removes_them(
 
 def test_a_cluster_admin_may_repair_them(kubectl: Kubectl, namespace: str, policies: None) -> None:
     """system:masters passes every authorizer check: the break-glass for a restore from backup."""
-    accepted(create(kubectl, namespace, flag("checkout-v2", MARKERS)))
+    admin_create(kubectl, namespace, flag("checkout-v2", MARKERS))
     accepted(patch(kubectl, namespace, "ff/checkout-v2", {"metadata": {"annotations": {MARKER_UID: None}}}))
     assert MARKER_UID not in _annotations(kubectl, namespace, "checkout-v2")
 
@@ -272,8 +275,8 @@ def test_a_cluster_admin_may_repair_them(kubectl: Kubectl, namespace: str, polic
 
 @pytest.mark.parametrize("builtin", ["admin", "edit"])
 def test_no_role_for_people_writes_status(kubectl: Kubectl, namespace: str, policies: None, builtin: str) -> None:
-    accepted(create(kubectl, namespace, flag("checkout-v2")))
-    accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2")))
+    admin_create(kubectl, namespace, flag("checkout-v2"))
+    admin_create(kubectl, namespace, schedule("go-live", "checkout-v2"))
     bind(kubectl, namespace, "alice", builtin)
     wait_can(kubectl, namespace, "alice", "get", "flagschedules.flagscheduler.dev")
     for kind, obj, status in (("flagschedules", "fs/go-live", {"claimedBy": "alice"}),
@@ -281,5 +284,5 @@ def test_no_role_for_people_writes_status(kubectl: Kubectl, namespace: str, poli
         assert can_i(kubectl, namespace, "alice", "get", f"{kind}.flagscheduler.dev", "--subresource=status")
         result = patch(kubectl, namespace, obj, {"status": status}, "--subresource=status", user="alice")
         refused(result, f'User "alice" cannot patch resource "{kind}/status" in API group "flagscheduler.dev"')
-        assert list(status)[0] not in (kubectl.json("get", obj, "-n", namespace).get("status") or {})
+        assert list(status)[0] not in (admin_get(kubectl, namespace, obj).get("status") or {})
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import Kubectl
 from operator_harness import wait_for
 
-from .admission import accepted, flag, schedule
+from .admission import accepted, admin_get, flag, schedule
 
 WARNING = ("Warning: Validation failed for ValidatingAdmissionPolicy 'flag-scheduler-schedule-warnings' with binding"
            " 'flag-scheduler-schedule-warnings': spec.scheduledAt ")
@@ -48,7 +48,7 @@ def test_a_schedule_in_the_past_is_created_with_a_warning(kubectl: Kubectl, name
     assert warning.startswith(WARNING + "2001-02-03T04:05:06Z is in the past (the API server received this at 20")
     assert warning.endswith("): the operator applies it at once, or marks it Missed if it is more than"
                             " spec.startingDeadlineSeconds late")
-    assert kubectl.json("get", "fs", "go-live", "-n", namespace)["spec"]["scheduledAt"] == PAST
+    assert admin_get(kubectl, namespace, "fs/go-live")["spec"]["scheduledAt"] == PAST
 
 
 def test_moving_a_schedule_into_the_past_warns(kubectl: Kubectl, namespace: str, warnings: None) -> None:
@@ -57,7 +57,7 @@ def test_moving_a_schedule_into_the_past_warns(kubectl: Kubectl, namespace: str,
                      "-p", json.dumps({"spec": {"scheduledAt": PAST}}), check=False)
     accepted(result)
     assert WARNING + "2001-02-03T04:05:06Z is in the past" in result.stderr
-    assert kubectl.json("get", "fs", "go-live", "-n", namespace)["spec"]["scheduledAt"] == PAST
+    assert admin_get(kubectl, namespace, "fs/go-live")["spec"]["scheduledAt"] == PAST
 
 
 def test_a_future_schedule_and_other_edits_print_no_warning(kubectl: Kubectl, namespace: str, warnings: None) -> None:

@@ -21,6 +21,7 @@ from conftest import REPO, Kubectl
 from operator_harness import wait_for
 
 from .conftest import OPERATOR_NAMESPACE
+from .admission import PLURALS, admin_exists
 
 API_VERSION = "flagscheduler.dev/v1alpha1"
 SAMPLES = REPO / "manifests" / "samples"
@@ -249,8 +250,7 @@ def test_bad_input_is_refused_naming_the_field(
     result = apply(kubectl, namespace, with_field(good, path, value))
     refused(result, *fragments)
     # Nothing half-applied: the refused object does not exist.
-    gone = kubectl("get", kind.lower(), "bad", "-n", namespace, check=False)
-    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout
+    assert not admin_exists(kubectl, namespace, f"{PLURALS[kind]}/bad")
 
 
 def test_the_good_base_objects_of_the_bad_input_table_are_accepted(

@@ -19,7 +19,7 @@ from argocd_sync import git_flag, git_schedule, sync
 from conftest import REPO, Kubectl
 from operator_harness import wait_for
 
-from .admission import MARKER_POLICY, SCHEDULE_POLICY, accepted, refused
+from .admission import MARKER_POLICY, SCHEDULE_POLICY, accepted, admin_exists, admin_get, refused
 
 INSTALL = REPO / "argocd" / "install"
 
@@ -75,7 +75,7 @@ def test_a_commit_cannot_schedule_a_flag_the_tenant_may_not_patch(
                                           {"enabled": True}))
     refused(result, SCHEDULE_POLICY,
             f'user "{tenant.user}" may not patch featureflags.flagscheduler.dev "pricing" in namespace "{namespace}"')
-    assert kubectl("get", "fs", "pricing-up", "-n", namespace, check=False).returncode != 0
+    assert not admin_exists(kubectl, namespace, "fs/pricing-up")
 
 
 def test_a_commit_cannot_move_another_teams_schedule(tenant: AsTenant, kubectl: Kubectl, namespace: str) -> None:
@@ -84,7 +84,7 @@ def test_a_commit_cannot_move_another_teams_schedule(tenant: AsTenant, kubectl: 
     kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(theirs))
     moved = {**theirs, "spec": {**theirs["spec"], "scheduledAt": "2026-01-01T00:00:00Z"}}
     refused(sync_as(tenant, moved), SCHEDULE_POLICY, f'user "{tenant.user}" may not patch')
-    assert kubectl.json("get", "fs", "pricing-up", "-n", namespace)["spec"]["scheduledAt"] == "2030-01-01T09:00:00Z"
+    assert admin_get(kubectl, namespace, "fs/pricing-up")["spec"]["scheduledAt"] == "2030-01-01T09:00:00Z"
 
 
 def test_a_commit_cannot_forge_the_marker_even_on_the_tenants_own_flag(
@@ -97,7 +97,7 @@ def test_a_commit_cannot_forge_the_marker_even_on_the_tenants_own_flag(
         "flagscheduler.dev/last-applied-scheduled-at": "2199-12-31T23:59:59Z",
     })
     refused(sync_as(tenant, forged), MARKER_POLICY, f'user "{tenant.user}" may not set, change or remove')
-    annotations = kubectl.json("get", "ff", "checkout-v2", "-n", namespace)["metadata"].get("annotations", {})
+    annotations = admin_get(kubectl, namespace, "ff/checkout-v2")["metadata"].get("annotations", {})
     assert not [k for k in annotations if k.startswith("flagscheduler.dev/")]
 
 

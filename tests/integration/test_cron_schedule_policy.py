@@ -13,7 +13,7 @@ import pytest
 from conftest import Kubectl
 from operator_harness import wait_for
 
-from .admission import accepted, create, flag, grant, patch, refused, wait_can
+from .admission import accepted, admin_create, create, flag, grant, patch, refused, wait_can
 
 CRON_POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-cron-schedules-need-flag-patch'"
 
@@ -29,7 +29,7 @@ def window(name: str, flag_name: str) -> dict[str, Any]:
 def flags(kubectl: Kubectl, namespace: str, operator_manifests: None) -> str:
     """Flags promo and pricing; the policy in force (it loads asynchronously: probe until it refuses)."""
     for name in ("promo", "pricing"):
-        accepted(create(kubectl, namespace, flag(name)))
+        admin_create(kubectl, namespace, flag(name))
     grant(kubectl, namespace, "carol", "create,get,patch", "flagcronschedules.flagscheduler.dev")
     wait_can(kubectl, namespace, "carol", "create", "flagcronschedules.flagscheduler.dev")
     probe = f"probe-{uuid.uuid4().hex[:6]}"

@@ -219,7 +219,7 @@ def test_a_recreated_flag_keeps_its_new_schedules(
     cluster.wait_phase("new", "Applied", timeout=20)
     owners = cluster.get_schedule("new")["metadata"]["ownerReferences"]
     assert [o["uid"] for o in owners] == [new_uid]
-    wait_for(lambda: "NotFound" in kubectl("get", "fs", "old", "-n", cluster.ns, check=False).stderr,
+    wait_for(lambda: cluster.schedule_gone("old"),
              timeout=30, what="the old flag's schedule to be garbage-collected")
     assert cluster.get_schedule("new")["status"]["phase"] == "Applied"  # still there
 

@@ -26,7 +26,7 @@ def test_a_recreated_flag_takes_a_schedule_older_than_the_old_flags_last(
     assert cluster.get_flag("phoenix")["metadata"]["annotations"][SCHEDULE] == "late"
 
     kubectl("delete", "featureflag", "phoenix", "-n", cluster.ns, "--timeout=20s")
-    wait_for(lambda: "NotFound" in kubectl("get", "fs", "late", "-n", cluster.ns, check=False).stderr,
+    wait_for(lambda: cluster.schedule_gone("late"),
              timeout=30, what="the old flag's schedule to be garbage-collected")
     cluster.flag("phoenix", enabled=False, rollout=0)
     # Due before "late" was: on the old flag it would have been Superseded.

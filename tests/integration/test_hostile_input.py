@@ -172,7 +172,7 @@ def test_ttl_deletes_finished_schedules_and_the_default_keeps_the_rest(
     cluster.schedule("short-lived", "ttl", in_seconds(1), {"enabled": True}, ttlSecondsAfterFinished=2)
     cluster.schedule("kept", "ttl", in_seconds(2), {"rolloutPercentage": 10})
     finished = parse_time(cluster.wait_phase("short-lived", "Applied", timeout=20)["finishedAt"])
-    wait_for(lambda: "NotFound" in kubectl("get", "fs", "short-lived", "-n", cluster.ns, check=False).stderr,
+    wait_for(lambda: cluster.schedule_gone("short-lived"),
              timeout=30, what="short-lived deleted after its TTL")
     deleted = next(l for l in op.log_lines() if l.get("event") == "schedule.deleted_after_ttl")
     assert parse_time(deleted["timestamp"].replace("+00:00", "Z")) >= finished + timedelta(seconds=2)
@@ -182,7 +182,7 @@ def test_ttl_deletes_finished_schedules_and_the_default_keeps_the_rest(
     cluster.schedule("expired-while-down", "ttl", in_seconds(-30), {"enabled": True}, ttlSecondsAfterFinished=1)
     start_operator()
     cluster.wait_phase("expired-while-down", "Superseded", timeout=20)  # older than "kept"
-    wait_for(lambda: "NotFound" in kubectl("get", "fs", "expired-while-down", "-n", cluster.ns, check=False).stderr,
+    wait_for(lambda: cluster.schedule_gone("expired-while-down"),
              timeout=30, what="expired-while-down deleted")
     assert cluster.get_schedule("kept")["status"]["phase"] == "Applied"
 

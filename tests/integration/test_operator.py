@@ -169,7 +169,7 @@ def test_deleting_flag_garbage_collects_schedules(
     first_sight(cluster, "far-future")
     kubectl("delete", "featureflag", "doomed", "-n", cluster.ns, "--timeout=20s")
     wait_for(
-        lambda: "NotFound" in kubectl("get", "flagschedule", "far-future", "-n", cluster.ns, check=False).stderr,
+        lambda: cluster.schedule_gone("far-future"),
         timeout=30, what="the schedule to be garbage-collected",
     )
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, Kubectl
 from operator_harness import wait_for
 
-from .admission import grant, wait_can
+from .admission import admin_get, grant, wait_can
 
 API_VERSION = "flagscheduler.dev/v1alpha1"
 POLICY = "ValidatingAdmissionPolicy 'flag-scheduler-rollouts-need-flag-patch'"
@@ -138,7 +138,7 @@ def test_a_user_without_patch_on_the_flag_cannot_create_or_steer_a_rollout(
 
 def test_the_sample_rollout_applies_and_names_its_steps(kubectl: Kubectl, namespace: str, crds: None) -> None:
     kubectl("apply", "-f", str(SAMPLE), "-n", namespace)
-    spec = kubectl.json("get", "flagrollout", "search-v2", "-n", namespace)["spec"]
+    spec = admin_get(kubectl, namespace, "flagrollouts/search-v2")["spec"]
     assert [s["name"] for s in spec["steps"]] == ["canary", "half", "full"]
     assert [s["hold"] for s in spec["steps"]] == ["2h", "24h", "0"]  # the last hold defaults to 0
     listed = kubectl("get", "flags", "-n", namespace).stdout  # rollouts are in the flags category

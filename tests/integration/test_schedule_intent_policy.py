@@ -18,7 +18,9 @@ from conftest import Kubectl
 from .admission import (
     SCHEDULE_POLICY,
     accepted,
-    create,
+    admin_create,
+    admin_exists,
+    admin_get,
     flag,
     grant,
     patch,
@@ -41,8 +43,8 @@ def may_not(user: str, flag_name: str, namespace: str) -> str:
 def team(kubectl: Kubectl, namespace: str, policies: None) -> str:
     """Flags checkout-v2 and pricing, the admin's schedule go-live of checkout-v2; carol edits schedules only."""
     for name in ("checkout-v2", "pricing"):
-        accepted(create(kubectl, namespace, flag(name)))
-    accepted(create(kubectl, namespace, schedule("go-live", "checkout-v2", retry={"maxRetries": 3})))
+        admin_create(kubectl, namespace, flag(name))
+    admin_create(kubectl, namespace, schedule("go-live", "checkout-v2", retry={"maxRetries": 3}))
     grant(kubectl, namespace, "carol", "get,update,patch,delete", "flagschedules.flagscheduler.dev")
     wait_can(kubectl, namespace, "carol", "delete", "flagschedules.flagscheduler.dev")
     return namespace
@@ -63,11 +65,11 @@ INTENT_CHANGES: list[tuple[str, dict[str, Any]]] = [
 def test_changing_any_intent_of_someone_elses_schedule_is_refused(
     kubectl: Kubectl, team: str, spec: dict[str, Any]
 ) -> None:
-    before = kubectl.json("get", "fs", "go-live", "-n", team)["spec"]
+    before = admin_get(kubectl, team, "fs/go-live")["spec"]
     refused(patch(kubectl, team, "fs/go-live", {"spec": spec}, user="carol"),
             f'flagschedules.flagscheduler.dev "go-live" is forbidden: {SCHEDULE_POLICY}',
             f"{may_not('carol', 'checkout-v2', team)}: {CHANGE}")
-    assert kubectl.json("get", "fs", "go-live", "-n", team)["spec"] == before
+    assert admin_get(kubectl, team, "fs/go-live")["spec"] == before
 
 
 def test_un_cancelling_someone_elses_schedule_is_refused(kubectl: Kubectl, team: str) -> None:
@@ -75,7 +77,7 @@ def test_un_cancelling_someone_elses_schedule_is_refused(kubectl: Kubectl, team:
     accepted(patch(kubectl, team, "fs/go-live", {"spec": {"cancelled": True}}))
     refused(patch(kubectl, team, "fs/go-live", {"spec": {"cancelled": False}}, user="carol"),
             SCHEDULE_POLICY, f"{may_not('carol', 'checkout-v2', team)}: {CHANGE}")
-    assert kubectl.json("get", "fs", "go-live", "-n", team)["spec"]["cancelled"] is True
+    assert admin_get(kubectl, team, "fs/go-live")["spec"]["cancelled"] is True
 
 
 def test_retargeting_another_teams_schedule_to_ones_own_flag_is_refused(kubectl: Kubectl, team: str) -> None:
@@ -85,13 +87,13 @@ def test_retargeting_another_teams_schedule_to_ones_own_flag_is_refused(kubectl:
     wait_can(kubectl, team, "bob", "patch", "featureflags.flagscheduler.dev/pricing")
     refused(patch(kubectl, team, "fs/go-live", {"spec": {"flagRef": {"name": "pricing"}}}, user="bob"),
             SCHEDULE_POLICY, f"{may_not('bob', 'checkout-v2', team)}: {BEFORE}")
-    assert kubectl.json("get", "fs", "go-live", "-n", team)["spec"]["flagRef"] == {"name": "checkout-v2"}
+    assert admin_get(kubectl, team, "fs/go-live")["spec"]["flagRef"] == {"name": "checkout-v2"}
 
 
 def test_deleting_someone_elses_pending_schedule_is_refused(kubectl: Kubectl, team: str) -> None:
     result = kubectl("delete", "fs", "go-live", "-n", team, user="carol", check=False)
     refused(result, SCHEDULE_POLICY, f"{may_not('carol', 'checkout-v2', team)}: {BEFORE}")
-    assert kubectl("get", "fs", "go-live", "-n", team, check=False).returncode == 0
+    assert admin_exists(kubectl, team, "fs/go-live")
 
 
 def test_a_finished_schedule_may_be_deleted_with_the_schedule_right_alone(kubectl: Kubectl, team: str) -> None:

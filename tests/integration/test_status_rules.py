@@ -19,6 +19,8 @@ import pytest
 
 from conftest import Kubectl
 
+from .admission import admin_create, admin_get, admin_patch_status, schedule
+
 T_RETRY, T_RETRY_2, T_APPLIED = "2030-01-01T09:00:30.000Z", "2030-01-01T09:01:30.000Z", "2030-01-01T09:02:00.000Z"
 
 
@@ -94,15 +96,13 @@ def rules_namespace(kubectl: Kubectl, crds: None) -> Iterator[str]:
 
 
 def new_schedule(kubectl: Kubectl, namespace: str, name: str) -> None:
-    body = {"apiVersion": "flagscheduler.dev/v1alpha1", "kind": "FlagSchedule", "metadata": {"name": name},
-            "spec": {"flagRef": {"name": "checkout-v2"}, "scheduledAt": "2030-01-01T09:00:00Z",
-                     "updates": {"enabled": True}}}
-    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+    admin_create(kubectl, namespace, schedule(name, "checkout-v2"))
 
 
-def write_status(kubectl: Kubectl, namespace: str, name: str, status: dict[str, Any], check: bool = True):
+def write_status(kubectl: Kubectl, namespace: str, name: str, status: dict[str, Any]):
+    """The refused write, sent with kubectl: the message asserted is the one kubectl prints."""
     return kubectl("patch", "fs", name, "-n", namespace, "--subresource=status", "--type=merge",
-                   "-p", json.dumps({"status": status}), check=check)
+                   "-p", json.dumps({"status": status}), check=False)
 
 
 @pytest.mark.parametrize(("before", "write", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
@@ -112,14 +112,14 @@ def test_incoherent_status_is_refused_naming_the_field(
 ) -> None:
     name = request.node.callspec.id.lower()
     new_schedule(kubectl, rules_namespace, name)
-    for status in before:
-        write_status(kubectl, rules_namespace, name, status)
-    stored = kubectl.json("get", "fs", name, "-n", rules_namespace)["status"]
+    for status in before:  # the operator's own writes, sent as it sends them
+        admin_patch_status(kubectl, rules_namespace, f"fs/{name}", status)
+    stored = admin_get(kubectl, rules_namespace, f"fs/{name}")["status"]
 
-    result = write_status(kubectl, rules_namespace, name, write, check=False)
+    result = write_status(kubectl, rules_namespace, name, write)
     assert result.returncode != 0, f"expected a refusal, got success:\n{result.stdout}"
     assert message in result.stderr, f"{message!r} not in the API server's message:\n{result.stderr}"
-    assert kubectl.json("get", "fs", name, "-n", rules_namespace)["status"] == stored
+    assert admin_get(kubectl, rules_namespace, f"fs/{name}")["status"] == stored
 
 
 @pytest.mark.parametrize(("writes", "final"), [a[1:] for a in ACCEPTED], ids=[a[0] for a in ACCEPTED])
@@ -129,8 +129,8 @@ def test_the_operators_own_paths_are_accepted(
 ) -> None:
     name = request.node.callspec.id.lower()
     new_schedule(kubectl, rules_namespace, name)
-    for status in writes:
-        write_status(kubectl, rules_namespace, name, status)
-    stored = kubectl.json("get", "fs", name, "-n", rules_namespace)["status"]
+    for status in writes:  # each one accepted, or the client raises the API server's refusal
+        admin_patch_status(kubectl, rules_namespace, f"fs/{name}", status)
+    stored = admin_get(kubectl, rules_namespace, f"fs/{name}")["status"]
     assert {k: stored.get(k) for k in final} == final
     assert "nextRetryAt" not in stored

@@ -23,6 +23,7 @@ from openfeature.evaluation_context import EvaluationContext
 from conftest import REPO, Kubectl
 from operator_harness import Cluster, OperatorProcess, in_seconds, wait_for
 
+from .admission import admin_exists
 from .test_api import MISSING, apply, refused, schedule, table
 from .test_openfeature import Served, in_process, sdk, served  # noqa: F401 - fixtures
 
@@ -95,8 +96,7 @@ def test_a_bad_typed_flag_is_refused_naming_the_field(
     kubectl: Kubectl, crds: None, namespace: str, changes: dict[str, Any], fragments: list[str]
 ) -> None:
     refused(apply(kubectl, namespace, typed("bad", **changes)), *fragments)
-    gone = kubectl("get", "ff", "bad", "-n", namespace, check=False)
-    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    assert not admin_exists(kubectl, namespace, "ff/bad")  # nothing half-applied
 
 
 BAD_UPDATES = [
