@@ -34,7 +34,7 @@ UV_VERSION := 0.13.9
 K8S_APIS := CoreV1Api,CustomObjectsApi,CoordinationV1Api,AdmissionregistrationV1Api,AuthorizationV1Api,RbacAuthorizationV1Api
 WARM_IMPORTS := flag_scheduler.scheduling.handlers flag_scheduler.serving.flag_server kubernetes.aio.client:$(K8S_APIS)
 WARM_TEST_IMPORTS := pytest xdist.remote xdist.dsession xdist.looponfail pytest_asyncio.plugin pytest_timeout \
-	_hypothesis_pytestplugin hypothesis grpc grpc._simple_stubs yaml psutil cryptography.x509 aiohttp.test_utils \
+	_hypothesis_pytestplugin hypothesis grpc grpc.experimental yaml psutil cryptography.x509 aiohttp.test_utils \
 	kubernetes.client:$(K8S_APIS) openfeature.contrib.provider.flagd openfeature.contrib.provider.ofrep \
 	openfeature.contrib.tools.flagd.core
 
