@@ -15,7 +15,7 @@ ARGOCD_LUA := build/argocd-lua
 KUBECTL ?= kubectl
 LEASE_NAMESPACE = $${FLAG_SCHEDULER_LEASE_NAMESPACE:-flag-scheduler-system}
 
-.PHONY: help venv binaries clients test test-bytecode argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving bench-handover bench-fairness clean
+.PHONY: help venv binaries clients test argocd-lua argocd-snippet unit integration lint cluster-up cluster-down demo run install deploy bench bench-scale bench-propagation bench-cron bench-serving bench-handover bench-fairness clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -26,23 +26,18 @@ help: ## List the targets
 # uv into it. Compiling all of site-packages ahead took 16 CPU-s; but where PYTHONDONTWRITEBYTECODE is
 # set (this machine and CI set it) no import ever writes its bytecode, so every operator process
 # compiled kopf, both kubernetes clients, aiohttp and pydantic again: 3.6 CPU-s of imports, 1.4 with
-# bytecode. So hack/warm_bytecode.py compiles what the two workloads import, and what the test
-# processes import (pytest's controller and workers with their plugins, the zygotes, the Python SDK
-# clients), including the Kubernetes client's API classes, which it imports only when first named
-# (CoreV1Api: 2.0 CPU-s from source, 1.1 with bytecode, in each process that uses it).
+# bytecode. So hack/warm_bytecode.py compiles what the two workloads import, including the Kubernetes
+# client's API classes, which it imports only when first named (CoreV1Api: 2.0 CPU-s from source, 1.1
+# with bytecode, in each process that names it). The test run itself writes bytecode (below).
 UV_VERSION := 0.13.9
-K8S_APIS := CoreV1Api,CustomObjectsApi,CoordinationV1Api,AdmissionregistrationV1Api,AuthorizationV1Api,RbacAuthorizationV1Api
-WARM_IMPORTS := flag_scheduler.scheduling.handlers flag_scheduler.serving.flag_server kubernetes.aio.client:$(K8S_APIS)
-WARM_TEST_IMPORTS := pytest xdist.remote xdist.dsession xdist.looponfail pytest_asyncio.plugin pytest_timeout \
-	_hypothesis_pytestplugin hypothesis grpc grpc.experimental yaml psutil cryptography.x509 aiohttp.test_utils \
-	kubernetes.client:$(K8S_APIS) openfeature.contrib.provider.flagd openfeature.contrib.provider.ofrep \
-	openfeature.contrib.tools.flagd.core
+WARM_IMPORTS := flag_scheduler.scheduling.handlers flag_scheduler.serving.flag_server \
+	kubernetes.aio.client:CoreV1Api,CustomObjectsApi,CoordinationV1Api,AdmissionregistrationV1Api
 
 $(STAMP): pyproject.toml hack/warm_bytecode.py
 	$(PYTHON) -m venv --without-pip $(VENV)
 	$(PYTHON) -m pip --python $(PY) install --quiet uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test,bench]'
-	$(PY) hack/warm_bytecode.py $(WARM_IMPORTS) $(WARM_TEST_IMPORTS)
+	$(PY) hack/warm_bytecode.py $(WARM_IMPORTS)
 	touch $@
 
 venv: $(STAMP) ## Create .venv with the pinned dependencies
@@ -54,10 +49,13 @@ clients: ## Install the JS, Java and browser SDK clients the tests run (npm ci, 
 	@$(PYTHON) tests/clients/install.py
 
 # The set-up steps do not depend on each other (tests/clients/install.py needs only the standard library): they run
-# side by side, then the tests.
+# side by side, then the tests. The tests run with bytecode writes on (into .venv and tests/, both ignored by git):
+# with PYTHONDONTWRITEBYTECODE every pytest worker, zygote and SDK client compiled the same modules again, and
+# pytest rewrote the asserts of every test module in each worker (it keeps that cache only where bytecode may be
+# written). Compiling it all at set-up instead lengthened the set-up by as much as it saved.
 test: ## Run the Argo CD Lua cases, then unit and integration tests (in parallel) against the real local control plane
-	@$(MAKE) --no-print-directory -j 4 venv binaries clients argocd-lua test-bytecode
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --maxschedchunk=1 --durations=10
+	@$(MAKE) --no-print-directory -j 4 venv binaries clients argocd-lua
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest tests -n $(TEST_WORKERS) --maxschedchunk=1 --durations=10
 
 argocd-lua: ## Run argocd/'s health checks and actions on gopher-lua as Argo CD does (every *_test.yaml case)
 	cd hack/argocd && go test ./... && go build -o ../../$(ARGOCD_LUA) .
@@ -67,12 +65,6 @@ argocd-snippet: ## Regenerate argocd/install/argocd-cm.yaml from argocd/resource
 	cd hack/argocd && go build -o ../../$(ARGOCD_LUA) .
 	$(ARGOCD_LUA) snippet argocd/resource_customizations > argocd/install/argocd-cm.yaml.new
 	mv argocd/install/argocd-cm.yaml.new argocd/install/argocd-cm.yaml
-
-# pytest rewrites the asserts of every test module it imports, and caches the result only where bytecode may be
-# written: without this each of the workers rewrote and compiled all of tests/ again (about 2 CPU-s each).
-# Listing the tests (no control plane starts for --collect-only) writes that cache, beside the other set-up steps.
-test-bytecode: venv
-	@env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest --collect-only -q -p no:cacheprovider tests > /dev/null
 
 unit: venv ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit
