@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 CONTROLPLANE := hack/controlplane
 QUICK ?=
 # Integration tests wait far more than they compute: this many pytest-xdist workers share one control plane.
-TEST_WORKERS ?= 4
+# With 4, both cores sat half idle for stretches in which every worker's test was waiting (a due time, a
+# Lease): 6 took 286 s of pytest in a fresh-clone run where 4 took 298 s (2026-12-03).
+TEST_WORKERS ?= 6
 ARGOCD_LUA := build/argocd-lua
 # The kubectl of install/deploy/run; `make cluster-up` prints the one it built (KUBECTL=...).
 KUBECTL ?= kubectl
@@ -21,26 +23,38 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # uv installs the same pinned dependencies as pip would, in parallel: 22 s from nothing cached, where
-# pip took 50 s with its cache warm (most of a fresh clone's set-up before the tests). The venv is made
-# without pip (ensurepip took 8 s of a fresh clone's 27 s of set-up) and the interpreter's own pip puts
-# uv into it. Compiling all of site-packages ahead took 16 CPU-s; but where PYTHONDONTWRITEBYTECODE is
-# set (this machine and CI set it) no import ever writes its bytecode, so every operator process
-# compiled kopf, both kubernetes clients, aiohttp and pydantic again: 3.6 CPU-s of imports, 1.4 with
-# bytecode. So hack/warm_bytecode.py compiles what the two workloads import, including the Kubernetes
-# client's API classes, which it imports only when first named (CoreV1Api: 2.0 CPU-s from source, 1.1
-# with bytecode, in each process that names it). The test run itself writes bytecode (below).
+# pip took 50 s with its cache warm (most of a fresh clone's set-up before the tests). uv itself is
+# installed once into the cache outside the checkout (as the control plane's binaries are) and makes the
+# venv too: `python -m venv` spent 8 s of a fresh clone's 27 s of set-up in ensurepip, and pip installing
+# uv into each venv 4 s more. Compiling all of site-packages ahead took 16 CPU-s; but where
+# PYTHONDONTWRITEBYTECODE is set (this machine and CI set it) no import ever writes its bytecode, so every
+# operator process compiled kopf, both kubernetes clients, aiohttp and pydantic again: 3.6 CPU-s of
+# imports, 1.4 with bytecode. So `make venv` then compiles what the two workloads import
+# (hack/warm_bytecode.py), including the Kubernetes client's API classes, which it imports only when first
+# named (CoreV1Api: 2.0 CPU-s from source, 1.1 with bytecode, in each process that names it). The test run
+# writes bytecode as it goes (below).
 UV_VERSION := 0.13.9
+FS_CACHE := $(or $(FLAG_SCHEDULER_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/flag-scheduler)
+UV_DIR := $(FS_CACHE)/uv-$(UV_VERSION)
+UV := $(UV_DIR)/bin/uv
 WARM_IMPORTS := flag_scheduler.scheduling.handlers flag_scheduler.serving.flag_server \
 	kubernetes.aio.client:CoreV1Api,CustomObjectsApi,CoordinationV1Api,AdmissionregistrationV1Api
 
-$(STAMP): pyproject.toml hack/warm_bytecode.py
-	$(PYTHON) -m venv --without-pip $(VENV)
-	$(PYTHON) -m pip --python $(PY) install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test,bench]'
+# Whole or not at all: into a directory of its own, then renamed (another clone may be doing the same).
+$(UV):
+	@mkdir -p $(FS_CACHE)
+	@tmp=$$(mktemp -d $(FS_CACHE)/.uv-XXXXXX) \
+	  && $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $$tmp uv==$(UV_VERSION) \
+	  && (mv -T $$tmp $(UV_DIR) 2>/dev/null || rm -rf $$tmp)
+
+$(STAMP): pyproject.toml hack/warm_bytecode.py | $(UV)
+	rm -rf $(VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(PY) -e '.[test,bench]'
 	$(PY) hack/warm_bytecode.py $(WARM_IMPORTS)
 	touch $@
 
-venv: $(STAMP) ## Create .venv with the pinned dependencies
+venv: $(STAMP) ## Create .venv with the pinned dependencies (and the workloads' bytecode)
 
 binaries: ## Build (or reuse from the cache) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(CONTROLPLANE)/build.sh

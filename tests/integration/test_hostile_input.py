@@ -174,7 +174,7 @@ def test_ttl_deletes_finished_schedules_and_the_default_keeps_the_rest(
     finished = parse_time(cluster.wait_phase("short-lived", "Applied", timeout=20)["finishedAt"])
     wait_for(lambda: cluster.schedule_gone("short-lived"),
              timeout=30, what="short-lived deleted after its TTL")
-    deleted = next(l for l in op.log_lines() if l.get("event") == "schedule.deleted_after_ttl")
+    deleted = op.wait_log("schedule.deleted_after_ttl")  # logged once the DELETE has returned
     assert parse_time(deleted["timestamp"].replace("+00:00", "Z")) >= finished + timedelta(seconds=2)
     assert cluster.wait_phase("kept", "Applied", timeout=20)["phase"] == "Applied"
     # A restarted operator finds finished schedules in its first LIST and deletes them on time too.
