@@ -144,26 +144,33 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def list_pages(self, plural: str, namespace: str | None, patience: float = 60.0) -> AsyncIterator[Page]:
+    async def list_pages(self, plural: str, namespace: str | None, patience: float = 60.0,
+                         field_selector: str | None = None) -> AsyncIterator[Page]:
         """One LIST of a kind in one namespace (None: every namespace), page by page, at one resourceVersion.
+
+        With ``field_selector``, only the objects it matches (a CRD's ``selectableFields``).
 
         Retries a page for up to ``patience`` seconds while the server is not ready to answer (429
         while a new CRD's storage initializes, 5xx, connection errors), as happens right after install.
         """
         token: str | None = None
         while True:
-            page = await self._with_patience(lambda: self._list_page(plural, namespace, token), patience)
+            page = await self._with_patience(lambda: self._list_page(plural, namespace, token, field_selector),
+                                             patience)
             meta = page.get("metadata") or {}
             yield Page(page["items"], meta.get("resourceVersion", ""))
             token = meta.get("continue")
             if not token:
                 return
 
-    async def _list_page(self, plural: str, ns: str | None, token: str | None) -> dict[str, Any]:
+    async def _list_page(self, plural: str, ns: str | None, token: str | None,
+                         field_selector: str | None) -> dict[str, Any]:
         """One page, decoded once from the bytes (the generated client decodes them to text first)."""
         kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}
         if token:
             kw["_continue"] = token
+        if field_selector:
+            kw["field_selector"] = field_selector
         if ns is None:
             response = await self.custom.list_cluster_custom_object_without_preload_content(
                 GROUP, VERSION, plural, **kw)

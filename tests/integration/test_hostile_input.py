@@ -187,10 +187,12 @@ def test_ttl_deletes_finished_schedules_and_the_default_keeps_the_rest(
     assert cluster.get_schedule("kept")["status"]["phase"] == "Applied"
 
 
-def test_an_operator_restarted_with_a_long_history_starts_and_applies(
+def test_an_operator_restarted_with_a_long_history_leads_after_its_unfinished_schedules(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    history = 600  # more than a page of the startup LIST (500)
+    # The start-up LIST asks the API server for the unfinished schedules only (the CRD's
+    # selectableFields has status.phase); the finished ones are listed after, then the watch.
+    history, pending = 600, 3
     now = rfc3339(in_seconds(-3600))
     for i in range(history):
         name = f"old-{i:04d}"
@@ -198,9 +200,14 @@ def test_an_operator_restarted_with_a_long_history_starts_and_applies(
         cluster.custom.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, "flagschedules", name, {
             "status": {"phase": "Applied", "appliedAt": now, "finishedAt": now, "retryCount": 0, "conditions": [
                 {"type": "Applied", "status": "True", "reason": "Applied", "lastTransitionTime": now}]}})
+    for i in range(pending):
+        cluster.schedule(f"later-{i}", "flag-1", in_seconds(3600 + i), {"rolloutPercentage": i})
     cluster.flag("flag-0", enabled=False)
     op = start_operator()
-    started = op.wait_log("operator.started")
-    assert started["finished_schedules"] == history and started["live_schedules"] == 0
+    first = next(line for line in op.log_lines() if line.get("event") == "informer.listed"
+                 and line.get("kind") == "flagschedules")
+    assert first["objects"] == pending and first["selector"].startswith("status.phase!=")
+    complete = op.wait_log("book.complete")
+    assert complete["finished_schedules"] == history and complete["live_schedules"] >= pending
     cluster.schedule("new", "flag-0", in_seconds(2), {"enabled": True})
     cluster.wait_phase("new", "Applied", timeout=20)

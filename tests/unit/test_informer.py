@@ -34,8 +34,11 @@ class ScriptedKube:
     def __init__(self, lists: list[Any], watches: list[Any]) -> None:
         self.lists, self.watches = lists, watches
         self.watched_from: list[str] = []
+        self.selectors: list[str | None] = []  # the field selector of each LIST, in order
 
-    async def list_pages(self, plural: str, namespace: str | None) -> AsyncIterator[Page]:
+    async def list_pages(self, plural: str, namespace: str | None,
+                         field_selector: str | None = None) -> AsyncIterator[Page]:
+        self.selectors.append(field_selector)
         answer = self.lists.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -161,3 +164,49 @@ async def test_a_watch_that_ended_fails_the_liveness_probe() -> None:
     runtime = Runtime.__new__(Runtime)
     runtime._election, runtime._watches = None, [ended]
     assert runtime.healthy() == "a watch has ended"
+
+
+async def test_a_first_list_in_part_is_followed_by_a_whole_list_before_the_watch() -> None:
+    # load: only the unfinished ones; run: the whole kind (the finished one, and the unfinished one
+    # deleted meanwhile handed over as DELETED), then the watch from the whole LIST's version.
+    kube = ScriptedKube(lists=[([obj("due", "u1", "5"), obj("dropped", "u2", "5")], "7"),
+                               ([obj("due", "u1", "5"), obj("done", "u3", "3")], "9")],
+                        watches=[[{"type": "ADDED", "object": obj("new", "u4", "10")}]])
+    seen: list[tuple[str | None, str]] = []
+    informer = Informer(kube, Access(["a"]), "flagschedules",  # type: ignore[arg-type]
+                        lambda kind, body: seen.append((kind, body["metadata"]["name"])), "status.phase!=Applied")
+    await informer.load()
+    assert seen == [(None, "due"), (None, "dropped")] and not informer.complete.is_set()
+    with pytest.raises(Done):
+        await informer.run()
+    assert kube.selectors == ["status.phase!=Applied", None]
+    assert seen[2:] == [(None, "due"), (None, "done"), ("DELETED", "dropped"), ("ADDED", "new")]
+    assert kube.watched_from == ["9", "10"] and informer.complete.is_set()
+
+
+async def test_a_server_that_refuses_the_selector_gets_the_whole_list_at_once() -> None:
+    refused = ApiException(status=400, reason="Bad Request")  # a CRD without the selectableFields entry
+    kube = ScriptedKube(lists=[refused, ([obj("due", "u1", "5"), obj("done", "u3", "3")], "9")], watches=[])
+    seen: list[tuple[str | None, str]] = []
+    informer = Informer(kube, Access(["a"]), "flagschedules",  # type: ignore[arg-type]
+                        lambda kind, body: seen.append((kind, body["metadata"]["name"])), "status.phase!=Applied")
+    await informer.load()
+    assert seen == [(None, "due"), (None, "done")] and informer.complete.is_set()
+    with pytest.raises(Done):
+        await informer.run()
+    assert kube.selectors == ["status.phase!=Applied", None]  # no second whole LIST
+    assert kube.watched_from == ["9"]
+
+
+async def test_a_namespace_refused_at_the_first_list_does_not_hold_up_completeness() -> None:
+    refused = ApiException(status=403, reason="Forbidden")
+    kube = ScriptedKube(lists=[refused, ([obj("due", "u1", "5")], "6"), ([obj("due", "u1", "5")], "8")],
+                        watches=[])
+    informer = Informer(kube, Access(["locked", "open"]), "flagschedules",  # type: ignore[arg-type]
+                        lambda kind, body: None, "status.phase!=Applied")
+    await informer.load()
+    assert not informer.complete.is_set()  # "open" was listed in part
+    kube.lists.insert(0, refused)  # run: "locked" is still refused, "open" is listed whole
+    with pytest.raises(Done):
+        await informer.run()
+    assert informer.complete.is_set()

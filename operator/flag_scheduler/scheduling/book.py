@@ -27,6 +27,8 @@ from flag_scheduler.scheduling.queues import FlagQueue
 
 Key = tuple[str, str]  # (namespace, name)
 TERMINAL_NAMES = frozenset(p.value for p in TERMINAL)
+# The schedules that are not finished, as a field selector (the CRD's selectableFields has status.phase).
+UNFINISHED = ",".join(f"status.phase!={name}" for name in sorted(TERMINAL_NAMES))
 # Deleted uids remembered, so that a late write response cannot bring a deleted schedule back.
 GONE_MEMORY = 10_000
 log = get_logger()

@@ -5,11 +5,19 @@ application reaches: only ``/healthz`` (liveness), ``/readyz`` (readiness, its o
 ``/metrics``, all served from before the initial LIST (Kopf's own liveness endpoint would only open
 after the startup handler, i.e. after that LIST).
 
-Start-up, in order: the endpoints; one LIST of each kind (``informer.py``: flags, schedules,
-windows, rollouts), which completes the book; the watches from those LISTs' resourceVersions; and
-only then the campaign for the Lease. So "leading" means the Lease is held *and* the book holds
-every object as of the LISTs, with the watches already delivering what changed since: the first
-due schedule is applied knowing every other schedule of its flag.
+Start-up, in order: the endpoints; one LIST of each kind (``informer.py``: flags, the unfinished
+schedules, windows, rollouts); the watches; and only then the campaign for the Lease. So "leading"
+means the Lease is held *and* the book holds every flag and every unfinished schedule as of the
+LISTs: the first due schedule is applied knowing every other schedule of its flag that can still
+change it (a finished one orders nothing: the flag's marker does that).
+
+The finished schedules (most of a long history: 100,000 of 110,000 in the scale bench) are read
+after that, by the schedule watch's first LIST (the whole kind), and the watch follows from there.
+Until that LIST is in (``book.complete`` in the log), three things wait: TTL deletions (they need
+the finished schedules), the cron and rollout controllers (they read their schedules' history, so
+they lead only once it is complete), and the sight of schedules created or changed since the first
+LIST (a due schedule changed meanwhile is still safe: its claim carries the resourceVersion the
+operator read, and a conflict makes it read the schedule again).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from flag_scheduler.models import FLAGS, SCHEDULES
 from flag_scheduler.rollout.controller import RolloutController
 from flag_scheduler.rollout.models import ROLLOUTS
 from flag_scheduler.scheduling.admission_gate import AdmissionGate
-from flag_scheduler.scheduling.book import Book
+from flag_scheduler.scheduling.book import UNFINISHED, Book
 from flag_scheduler.scheduling.context import Ctx
 from flag_scheduler.scheduling.dispatcher import Dispatcher
 from flag_scheduler.scheduling.flag_validity import FlagValidity
@@ -42,6 +50,9 @@ from flag_scheduler.scheduling.leader import Leadership, check_lease_namespace
 from flag_scheduler.scheduling.namespace_access import NamespaceAccess
 
 log = get_logger()
+# The collector stays paused while the finished schedules are listed, for this long at most (a LIST
+# that keeps failing must not leave it off).
+COMPLETE_PAUSE_SECONDS = 120.0
 
 
 def utcnow() -> datetime:
@@ -90,10 +101,12 @@ class Runtime:
         # The watches hold their connections for minutes: a client of their own, so they never take
         # the connections the flag and status writes need (MAX_CONCURRENCY * 2).
         self.watch_kube = watch_kube or kube
-        self.informers = [Informer(self.watch_kube, self.access, plural, observe) for plural, observe in (
-            (FLAGS, self.observe_flag), (SCHEDULES, self.observe_schedule),
-            (CRON_SCHEDULES, self.observe_cron), (ROLLOUTS, self.observe_rollout))]
+        self.schedules = Informer(self.watch_kube, self.access, SCHEDULES, self.observe_schedule, UNFINISHED)
+        self.informers = [Informer(self.watch_kube, self.access, FLAGS, self.observe_flag), self.schedules,
+                          Informer(self.watch_kube, self.access, CRON_SCHEDULES, self.observe_cron),
+                          Informer(self.watch_kube, self.access, ROLLOUTS, self.observe_rollout)]
         self._watches: list[asyncio.Task] = []
+        self._completing: asyncio.Task | None = None
         self._rollouts_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._admission_task: asyncio.Task | None = None
@@ -118,6 +131,7 @@ class Runtime:
         runtime._watches = [asyncio.create_task(i.run(), name=f"watch-{i.plural}") for i in runtime.informers]
         for task in runtime._watches:
             task.add_done_callback(_watch_ended)
+        runtime._completing = asyncio.create_task(runtime._complete_book(), name="complete-book")
         await runtime.admission.check()
         if not runtime.admission.external:
             runtime._admission_task = asyncio.create_task(runtime.admission.run(), name="admission-check")
@@ -148,6 +162,27 @@ class Runtime:
             gc.enable()
         gc.freeze()
 
+    async def _complete_book(self) -> None:
+        """Wait for the schedule watch's whole LIST (the finished schedules), the collector paused as in
+        ``_load_book`` (for ``COMPLETE_PAUSE_SECONDS`` at most); then let the controllers lead."""
+        gc.disable()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.schedules.complete.wait(), COMPLETE_PAUSE_SECONDS)
+        finally:
+            gc.enable()
+        await self.schedules.complete.wait()
+        gc.freeze()
+        log.info("book.complete", live_schedules=self.book.pending_count(),
+                 finished_schedules=self.book.finished_count())
+        self._lead_controllers()
+
+    def _lead_controllers(self) -> None:
+        """The cron and rollout controllers lead once this replica leads *and* the book is complete."""
+        if self.dispatcher.leading.is_set() and self.schedules.complete.is_set():
+            self.crons.lead()
+            self.rollouts.lead()
+
     async def _serve_endpoints(self) -> None:
         """``/healthz``, ``/readyz`` and ``/metrics``, before the LIST: a long LIST is not a dead process."""
         s = self.settings
@@ -171,8 +206,7 @@ class Runtime:
         self.dispatcher.leading.set()
         self.dispatcher.replan_all()
         self.validity.write_all()
-        self.crons.lead()
-        self.rollouts.lead()
+        self._lead_controllers()
 
     async def _follow(self) -> None:
         """Lost the Lease: stop applying at once; watches keep the book warm for the next term."""
@@ -218,7 +252,8 @@ class Runtime:
     async def close(self) -> None:
         """Stop applying, hand the Lease over, close the client and the endpoints."""
         self._closing = True
-        for task in (*self._watches, self._election, self._task, self._admission_task, self._rollouts_task):
+        for task in (*self._watches, self._completing, self._election, self._task, self._admission_task,
+                     self._rollouts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
