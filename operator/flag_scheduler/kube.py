@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from datetime import datetime
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes.aio import client, config
@@ -78,11 +79,11 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 
 # Every request is bounded: an answer within this many seconds or a timeout (an ApplyFailure).
 REQUEST_TIMEOUT = 30.0
-# Objects per LIST page at start: memory stays flat however many schedules the cluster holds. The API
-# server serves each page of a LIST from its watch cache by walking every object from the page's
-# start to the end of the kind, so the pages of one LIST cost it O(objects² / PAGE_SIZE): at 110,000
-# schedules 500 a page took 18 to 24 CPU-s of it, 5,000 10 to 15 (the operator's RSS 240 MB instead
-# of 217; 10,000 a page: 289 MB, with little more gained).
+# Objects per LIST page: memory stays flat however many schedules the cluster holds. The API server
+# serves each page of a LIST from its watch cache by walking every object from the page's start to
+# the end of the kind, so the pages of one LIST cost it O(objects² / PAGE_SIZE): at 110,000 schedules
+# 500 a page took 18 to 24 CPU-s of it, 5,000 10 to 15. A page is decoded one object at a time
+# (``Page``), so its size costs the operator the page's text (about 7 MB), not its decoded objects.
 PAGE_SIZE = 5000
 
 
@@ -91,11 +92,63 @@ WATCH_SECONDS = 240
 MAX_LINE = 8 * 1024 * 1024  # one watch event; etcd refuses objects above ~1.5 MiB
 
 
-class Page(NamedTuple):
-    """One page of a LIST and the LIST's resourceVersion (the same on every page)."""
+class Page:
+    """One page of a LIST: its objects, and the LIST's metadata (its resourceVersion is the same on
+    every page). Decoded from the response's text one object at a time, as the objects are taken:
+    the decoded objects of a page never all live at once (decoded whole, 5,000 schedules took about
+    30 MB at a time, and Python's allocator keeps what it once held). ``meta`` is complete once
+    ``items`` has been taken to its end (the API server writes ``metadata`` after ``items``)."""
 
-    items: list[dict[str, Any]]
-    version: str
+    def __init__(self, items: Iterable[dict[str, Any]], meta: dict[str, Any] | None = None) -> None:
+        self.items, self.meta = items, meta if meta is not None else {}
+
+    @classmethod
+    def decode(cls, text: str) -> Page:
+        meta: dict[str, Any] = {}
+        return cls(_list_objects(text, meta), meta)
+
+    @property
+    def version(self) -> str:
+        return self.meta.get("resourceVersion", "")
+
+
+_DECODE = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _list_objects(text: str, meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The objects of a LIST response's ``items``, one at a time; its ``metadata`` into ``meta``.
+
+    Malformed JSON raises ``ValueError`` (``json.JSONDecodeError``) like ``json.loads``.
+    """
+    def skip(at: int, *expected: str) -> int:
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]  (always matches)
+        if expected and text[at:at + 1] not in expected:
+            raise json.JSONDecodeError(f"expected {' or '.join(expected)}", text, at)
+        return at
+
+    i = skip(skip(0, "{") + 1)
+    while text[i:i + 1] != "}":
+        key, i = _DECODE(text, i)
+        i = skip(skip(i, ":") + 1)
+        if key == "items" and text[i:i + 1] == "[":
+            i = skip(i + 1)
+            while text[i:i + 1] != "]":
+                item, i = _DECODE(text, i)
+                yield item
+                i = skip(i, ",", "]")
+                if text[i] == ",":
+                    i = skip(i + 1)
+                    if text[i:i + 1] == "]":
+                        raise json.JSONDecodeError("a comma before ]", text, i)
+            i += 1
+        else:
+            value, i = _DECODE(text, i)
+            if key == "metadata" and isinstance(value, dict):
+                meta.update(value)
+        i = skip(i, ",", "}")
+        if text[i] == ",":
+            i = skip(i + 1, '"')
 
 
 async def watch_events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
@@ -155,17 +208,18 @@ class Kube:
         """
         token: str | None = None
         while True:
-            page = await self._with_patience(lambda: self._list_page(plural, namespace, token, field_selector),
-                                             patience)
-            meta = page.get("metadata") or {}
-            yield Page(page["items"], meta.get("resourceVersion", ""))
-            token = meta.get("continue")
+            page = Page.decode(await self._with_patience(
+                lambda: self._list_page(plural, namespace, token, field_selector), patience))
+            yield page
+            for _ in page.items:  # the rest of a page the caller did not take: its metadata comes after
+                pass
+            token = page.meta.get("continue")
             if not token:
                 return
 
     async def _list_page(self, plural: str, ns: str | None, token: str | None,
-                         field_selector: str | None) -> dict[str, Any]:
-        """One page, decoded once from the bytes (the generated client decodes them to text first)."""
+                         field_selector: str | None) -> str:
+        """One page's text (read as bytes: the generated client would decode every object at once)."""
         kw: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": self.timeout}
         if token:
             kw["_continue"] = token
@@ -183,7 +237,7 @@ class Kube:
             response.release()
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason, body=body.decode(errors="replace"))
-        return json.loads(body)
+        return body.decode()
 
     async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
         """The events of one WATCH from ``version`` (bookmarks included), until the server ends it.

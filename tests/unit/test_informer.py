@@ -43,7 +43,7 @@ class ScriptedKube:
         if isinstance(answer, Exception):
             raise answer
         items, version = answer
-        yield Page(items, version)
+        yield Page(items, {"resourceVersion": version})
 
     async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
         self.watched_from.append(version)

@@ -110,6 +110,9 @@ class Book:
         if event_type == "DELETED":
             self.unreadable.pop(uid, None)
             return self.drop_schedule(uid)
+        held = self._live.get(uid)
+        if held is not None and held.ref.resource_version == meta.get("resourceVersion"):
+            return []  # the version held (the whole LIST after the first one): nothing to parse again
         if ((body.get("status") or {}).get("phase")) in TERMINAL_NAMES:
             self.unreadable.pop(uid, None)
             return self._record_finished(body)

@@ -129,11 +129,11 @@ class Informer:
         started, pages = time.monotonic(), 0
         try:
             async for page in self.kube.list_pages(self.plural, scope, field_selector=selector):
-                version, pages = page.version, pages + 1
                 for body in page.items:
                     meta = body.get("metadata") or {}
                     seen[meta.get("uid", "")] = Stub.of(meta)
                     self._hand(None, body)
+                version, pages = page.version, pages + 1  # known once the page's items are taken
         except ApiException as err:
             if selector is not None and err.status == 400 and not pages:
                 log.warning("informer.selector_refused", kind=self.plural, namespace=scope, selector=selector,
