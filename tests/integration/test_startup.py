@@ -49,3 +49,48 @@ def test_what_changes_between_the_list_and_the_watch_is_scheduled(
         assert started["live_schedules"] == 2  # what the LIST saw: the rest came through the watch
     finally:
         operator.stop()
+
+
+class _Access:
+    """Every namespace readable (what the informer reports to, not under test here)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespaces = [namespace]
+
+    async def report(self, namespace: str, err: Exception) -> None:
+        raise AssertionError(f"{namespace} refused: {err}")
+
+    def readable(self, namespace: str | None) -> None:
+        pass
+
+
+async def test_an_api_server_that_refuses_the_first_lists_selector_is_listed_whole(
+    cluster: Cluster, control_plane: ControlPlane, namespace: str
+) -> None:
+    # A CRD from before status.phase was selectable answers the start-up LIST's selector with 400:
+    # the real API server's answer to a field it does not offer, and the informer lists it all.
+    from kubernetes.aio import client, config
+    from kubernetes.aio.client.exceptions import ApiException
+
+    from flag_scheduler.kube import Kube
+    from flag_scheduler.scheduling.informer import Informer
+
+    cluster.schedule("one", "f", in_seconds(3600), {"enabled": True})
+    cluster.schedule("two", "f", in_seconds(7200), {"enabled": True})
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(control_plane.kubeconfig()), client_configuration=configuration)
+    kube = Kube(client.ApiClient(configuration), "test")
+    try:
+        not_offered = "spec.scheduledAt!=never"
+        try:
+            async for _ in kube.list_pages("flagschedules", namespace, field_selector=not_offered):
+                raise AssertionError("the API server took a selector on a field the CRD does not offer")
+        except ApiException as err:
+            assert err.status == 400 and "field label not supported" in (err.body or "")
+        seen: list[str] = []
+        informer = Informer(kube, _Access(namespace), "flagschedules",  # type: ignore[arg-type]
+                            lambda kind, body: seen.append(body["metadata"]["name"]), not_offered)
+        await informer.load()
+        assert sorted(seen) == ["one", "two"] and informer.complete.is_set()
+    finally:
+        await kube.close()
