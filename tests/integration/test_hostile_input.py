@@ -177,7 +177,8 @@ def test_ttl_deletes_finished_schedules_and_the_default_keeps_the_rest(
     deleted = op.wait_log("schedule.deleted_after_ttl")  # logged once the DELETE has returned
     assert parse_time(deleted["timestamp"].replace("+00:00", "Z")) >= finished + timedelta(seconds=2)
     assert cluster.wait_phase("kept", "Applied", timeout=20)["phase"] == "Applied"
-    # A restarted operator finds finished schedules in its LISTs (the whole one after leading) and deletes them on time too.
+    # A restarted operator finds finished schedules in its LISTs (the whole one after leading) and
+    # deletes them on time too.
     op.stop()
     cluster.schedule("expired-while-down", "ttl", in_seconds(-30), {"enabled": True}, ttlSecondsAfterFinished=1)
     start_operator()
