@@ -119,7 +119,8 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 def _list_objects(text: str, meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The objects of a LIST response's ``items``, one at a time; its ``metadata`` into ``meta``.
 
-    Malformed JSON raises ``ValueError`` (``json.JSONDecodeError``) like ``json.loads``.
+    Malformed JSON raises ``ValueError`` (``json.JSONDecodeError``), as ``json.loads`` would, though
+    possibly after the objects before the fault were taken (a repeated key is not looked for).
     """
     def skip(at: int, *expected: str) -> int:
         at = _SPACE.match(text, at).end()  # type: ignore[union-attr]  (always matches)
@@ -127,7 +128,7 @@ def _list_objects(text: str, meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
             raise json.JSONDecodeError(f"expected {' or '.join(expected)}", text, at)
         return at
 
-    i = skip(skip(0, "{") + 1)
+    i = skip(skip(0, "{") + 1, '"', "}")
     while text[i:i + 1] != "}":
         key, i = _DECODE(text, i)
         i = skip(skip(i, ":") + 1)
@@ -149,6 +150,8 @@ def _list_objects(text: str, meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
         i = skip(i, ",", "}")
         if text[i] == ",":
             i = skip(i + 1, '"')
+    if skip(i + 1) != len(text):
+        raise json.JSONDecodeError("extra data", text, skip(i + 1))
 
 
 async def watch_events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:

@@ -129,3 +129,18 @@ def test_the_flag_index_agrees_with_the_pure_rules(steps: list[tuple[str, int, i
         expected = head_of_line(live)
         assert (head.ref.uid if head else None) == (expected.ref.uid if expected else None)
         assert {s.ref.uid for s in book.cancelled_of((NS, "checkout"))} == {s.ref.uid for s in live if s.spec.cancelled}
+
+
+def test_until_the_book_is_complete_a_schedule_it_has_not_seen_still_awaits_its_status() -> None:
+    # A flag's marker names the schedules whose change landed and whose status is not written yet.
+    # Before the finished schedules are listed, one the book has not seen may be one created after
+    # the first LIST and applied by the previous leader: its entry must stay.
+    book = Book()
+    book.complete = False
+    book.observe_schedule(None, schedule_body("done", "uid-done", 5, Phase.APPLIED))
+    book.observe_schedule(None, schedule_body("gone", "uid-gone", 6))
+    book.observe_schedule("DELETED", schedule_body("gone", "uid-gone", 7))
+    assert book.awaits_status("uid-unseen") is True
+    assert book.awaits_status("uid-done") is False and book.awaits_status("uid-gone") is False
+    book.complete = True
+    assert book.awaits_status("uid-unseen") is False

@@ -42,7 +42,9 @@ class ScriptedKube:
         answer = self.lists.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        items, version = answer
+        items, version, *steps = answer
+        for step in steps:  # before answering: wait for an event, or call a function
+            await step.wait() if isinstance(step, asyncio.Event) else step()
         yield Page(items, {"resourceVersion": version})
 
     async def watch(self, plural: str, namespace: str | None, version: str) -> AsyncIterator[dict[str, Any]]:
@@ -53,7 +55,14 @@ class ScriptedKube:
         if isinstance(answer, Exception):
             raise answer
         for event in answer:
-            yield event
+            if isinstance(event, asyncio.Event):  # a watch that goes quiet until the event is set
+                await event.wait()
+            elif isinstance(event, Exception):
+                raise event
+            elif callable(event):
+                event()
+            else:
+                yield event
 
 
 class Access:
@@ -166,22 +175,46 @@ async def test_a_watch_that_ended_fails_the_liveness_probe() -> None:
     assert runtime.healthy() == "a watch has ended"
 
 
-async def test_a_first_list_in_part_is_followed_by_a_whole_list_before_the_watch() -> None:
-    # load: only the unfinished ones; run: the whole kind (the finished one, and the unfinished one
-    # deleted meanwhile handed over as DELETED), then the watch from the whole LIST's version.
+async def test_a_scope_listed_in_part_is_watched_at_once_and_its_history_never_undoes_the_watch() -> None:
+    # load: the unfinished ones at version 7. The watch runs from 7 at once: a finished schedule
+    # changed (12), another deleted, a new one. The history LIST (at 10, answered after those
+    # events) hands over only what is new to the informer: not "due" (the version held), not
+    # "relabelled" (older than the watch's), not "gone" (deleted): only "old".
+    watched, seen = asyncio.Event(), []
+    kube = ScriptedKube(
+        lists=[([obj("due", "u1", "5")], "7"),
+               ([obj("due", "u1", "5"), obj("relabelled", "u3", "9"), obj("gone", "u4", "8"),
+                 obj("old", "u2", "3")], "10", watched)],
+        watches=[[{"type": "MODIFIED", "object": obj("relabelled", "u3", "12", step="2")},
+                  {"type": "DELETED", "object": obj("gone", "u4", "13")},
+                  {"type": "ADDED", "object": obj("new", "u5", "14")}, watched.set]])
+    informer = Informer(kube, Access(["a"]), "flagschedules",  # type: ignore[arg-type]
+                        lambda kind, body: seen.append((kind, body["metadata"]["name"])), "status.phase!=Applied")
+    await informer.load()
+    assert seen == [(None, "due")] and not informer.complete.is_set()
+    kube.watches.append([informer.complete])  # the watch stays open until the history is in
+    with pytest.raises(Done):
+        await informer.run()
+    assert kube.selectors == ["status.phase!=Applied", None] and kube.watched_from[0] == "7"
+    assert seen[1:] == [("MODIFIED", "relabelled"), ("DELETED", "gone"), ("ADDED", "new"), (None, "old")]
+    assert informer.complete.is_set()
+    assert set(informer._known["a"]) == {"u1", "u2", "u3", "u5"}  # what a LIST after 410 compares with
+
+
+async def test_a_410_before_the_history_is_in_lists_whole_and_hands_over_what_vanished() -> None:
+    asked, never = asyncio.Event(), asyncio.Event()
     kube = ScriptedKube(lists=[([obj("due", "u1", "5"), obj("dropped", "u2", "5")], "7"),
-                               ([obj("due", "u1", "5"), obj("done", "u3", "3")], "9")],
-                        watches=[[{"type": "ADDED", "object": obj("new", "u4", "10")}]])
+                               ([], "10", asked.set, never),  # the history LIST: never answers, replaced
+                               ([obj("due", "u1", "5"), obj("done", "u3", "3")], "20")],
+                        watches=[[asked, ApiException(status=410, reason="Gone")]])
     seen: list[tuple[str | None, str]] = []
     informer = Informer(kube, Access(["a"]), "flagschedules",  # type: ignore[arg-type]
                         lambda kind, body: seen.append((kind, body["metadata"]["name"])), "status.phase!=Applied")
     await informer.load()
-    assert seen == [(None, "due"), (None, "dropped")] and not informer.complete.is_set()
     with pytest.raises(Done):
         await informer.run()
-    assert kube.selectors == ["status.phase!=Applied", None]
-    assert seen[2:] == [(None, "due"), (None, "done"), ("DELETED", "dropped"), ("ADDED", "new")]
-    assert kube.watched_from == ["9", "10"] and informer.complete.is_set()
+    assert seen[2:] == [(None, "due"), (None, "done"), ("DELETED", "dropped")]
+    assert kube.watched_from == ["7", "20"] and informer.complete.is_set()
 
 
 async def test_a_server_that_refuses_the_selector_gets_the_whole_list_at_once() -> None:
@@ -200,13 +233,11 @@ async def test_a_server_that_refuses_the_selector_gets_the_whole_list_at_once() 
 
 async def test_a_namespace_refused_at_the_first_list_does_not_hold_up_completeness() -> None:
     refused = ApiException(status=403, reason="Forbidden")
-    kube = ScriptedKube(lists=[refused, ([obj("due", "u1", "5")], "6"), ([obj("due", "u1", "5")], "8")],
-                        watches=[])
+    kube = ScriptedKube(lists=[refused, ([obj("due", "u1", "5")], "6"),
+                               ([obj("due", "u1", "5"), obj("done", "u2", "3")], "8")], watches=[])
     informer = Informer(kube, Access(["locked", "open"]), "flagschedules",  # type: ignore[arg-type]
                         lambda kind, body: None, "status.phase!=Applied")
     await informer.load()
-    assert not informer.complete.is_set()  # "open" was listed in part
-    kube.lists.insert(0, refused)  # run: "locked" is still refused, "open" is listed whole
-    with pytest.raises(Done):
-        await informer.run()
+    assert not informer.complete.is_set()  # "open" was listed in part; "locked" is retried by its watch
+    await informer._list_history("open")
     assert informer.complete.is_set()

@@ -51,6 +51,7 @@ def test_the_api_servers_shape_and_an_empty_or_null_items() -> None:
 @pytest.mark.parametrize("text", [
     "", "[]", '{"items":[{"a":1}', '{"items":[{"a":1}}', '{"items":[{"a":1},]}', '{"items" [1]}',
     '{"items":[1] "kind":"x"}', '{"items":[1],}', '{"items":[{"a":1}],"metadata":{"resourceVersion":"7"}',
+    '{"items":[]} trailing', '{1:[]}', '{"items":[]}}',
 ])
 def test_a_malformed_page_raises_value_error(text: str) -> None:
     with pytest.raises(ValueError):

@@ -46,3 +46,41 @@ async def test_a_failed_list_leaves_the_collector_running() -> None:
     with pytest.raises(RuntimeError):
         await Runtime._load_book(SimpleNamespace(informers=[Kind(fails=True)]))  # type: ignore[arg-type]
     assert gc.isenabled()
+
+
+async def test_the_history_is_listed_with_the_collector_paused_and_then_the_controllers_may_lead() -> None:
+    import asyncio
+
+    led: list[str] = []
+    collector_on: list[bool] = []
+    complete = asyncio.Event()
+    runtime = SimpleNamespace(
+        schedules=SimpleNamespace(complete=complete), dispatcher=SimpleNamespace(leading=asyncio.Event()),
+        crons=SimpleNamespace(lead=lambda: led.append("crons")), rollouts=SimpleNamespace(lead=lambda: led.append("rollouts")),
+        book=SimpleNamespace(complete=False, pending_count=lambda: 1, finished_count=lambda: 2))
+    runtime._lead_controllers = lambda: Runtime._lead_controllers(runtime)  # type: ignore[arg-type]
+    runtime.dispatcher.leading.set()  # leading already: the controllers wait for the history alone
+    completing = asyncio.create_task(Runtime._complete_book(runtime))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    collector_on.append(gc.isenabled())
+    runtime._lead_controllers()  # what _lead does when the Lease is acquired meanwhile
+    assert led == [] and collector_on == [False] and runtime.book.complete is False
+    complete.set()
+    await completing
+    assert led == ["crons", "rollouts"] and gc.isenabled() and runtime.book.complete is True
+
+
+def test_a_follower_with_a_complete_book_leads_its_controllers_only_once_it_leads() -> None:
+    import asyncio
+
+    led: list[str] = []
+    runtime = SimpleNamespace(schedules=SimpleNamespace(complete=asyncio.Event()),
+                              dispatcher=SimpleNamespace(leading=asyncio.Event()),
+                              crons=SimpleNamespace(lead=lambda: led.append("crons")),
+                              rollouts=SimpleNamespace(lead=lambda: led.append("rollouts")))
+    runtime.schedules.complete.set()
+    Runtime._lead_controllers(runtime)  # type: ignore[arg-type]
+    assert led == []
+    runtime.dispatcher.leading.set()
+    Runtime._lead_controllers(runtime)  # type: ignore[arg-type]
+    assert led == ["crons", "rollouts"]

@@ -71,6 +71,8 @@ class Book:
 
     def __init__(self, default_ttl: int | None = None) -> None:
         self.default_ttl = default_ttl
+        # Every schedule listed, the finished ones too (the runtime sets it once their LIST is in).
+        self.complete = True
         self.expiries: list[Expiry] = []  # a heap, earliest first; stale entries are skipped
         self._expiry_seq: dict[str, int] = {}  # uid -> seq of its current expiry
         self._seq = itertools.count()
@@ -332,9 +334,12 @@ class Book:
         """True while a schedule may still need its flag's record that it landed: live and unfinished.
 
         A schedule this replica never saw (deleted before it started, or not yet seen) counts as
-        finished; one seen unreadable still waits.
+        finished once the book is ``complete``; before (the finished schedules not listed yet), only
+        one seen finished or deleted does. One seen unreadable still waits.
         """
-        return uid in self._live or uid in self.unreadable
+        if uid in self._live or uid in self.unreadable:
+            return True
+        return not self.complete and uid not in self._finished and uid not in self._gone
 
 
 def _claimed_flag(body: dict[str, Any], ref: ObjectRef) -> Key | None:

@@ -11,10 +11,13 @@ the way the flag server does (``serving/flag_watch.py``); Kopf only runs the pro
   seen every object as of that LIST, or, with ``first_selector``, every object it matches.
 - ``first_selector`` (a field selector: for schedules, the unfinished ones) makes the first LIST
   short: at 110,000 schedules of which 10,000 are unfinished, the replica can lead after reading
-  those. ``run`` then LISTs such a scope whole before it watches, like a LIST after ``410 Gone``
-  (what vanished since is handed over as DELETED), and sets ``complete`` once every scope has
-  been listed whole (or refused). A server that refuses the selector (400: a CRD installed without
-  the ``selectableFields`` entry) gets the whole LIST at once, with a warning.
+  those. ``run`` then watches such a scope from that LIST at once, as any other, and beside the
+  watch LISTs it whole (the *history*: for schedules, the finished ones). The watch keeps what it
+  delivers current; the history LIST hands over only objects the informer has not handed a newer
+  version of, nor seen deleted, since the first LIST, so an older copy never follows a newer one
+  (the book also ignores older versions; the cron and rollout controllers do not). ``complete`` is
+  set once every scope was listed whole (or refused). A server that refuses the selector (400: a
+  CRD installed without the ``selectableFields`` entry) gets the whole LIST at once, with a warning.
 - ``run``: one WATCH per namespace from the LIST's resourceVersion, so nothing created, changed or
   deleted between the LIST and the WATCH is missed. A watch the server ends (every
   ``WATCH_SECONDS``) or a dropped connection resumes from the last resourceVersion seen; bookmarks
@@ -28,6 +31,7 @@ the way the flag server does (``serving/flag_watch.py``); Kopf only runs the pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +47,12 @@ log = get_logger()
 
 Observe = Callable[[str | None, dict[str, Any]], None]
 RETRY_ERROR = 1.0  # seconds before a watch that failed for another reason is opened again
+YIELD_EVERY = 500  # objects of a LIST page taken in before other work gets the event loop
+
+
+def _number(version: str) -> int:
+    """resourceVersions are opaque, but etcd-backed ones are increasing integers; -1 if not."""
+    return int(version) if version.isdigit() else -1
 
 
 class Gone(Exception):
@@ -77,7 +87,9 @@ class Informer:
         self.scopes: list[str | None] = list(access.namespaces) or [None]
         self._versions: dict[str | None, str | None] = {}  # scope -> the version to watch from
         self._known: dict[str | None, dict[str, Stub]] = {}  # scope -> uid -> stub
-        self._partial: set[str | None] = set()  # scopes listed only as far as ``first_selector`` goes
+        # Scopes listed only as far as ``first_selector`` goes, until their history is in: the versions
+        # handed over since the first LIST (uid -> resourceVersion) and the uids the watch deleted.
+        self._partial: dict[str | None, tuple[dict[str, int], set[str]]] = {}
         self._unlisted: set[str | None] = set(self.scopes)  # scopes not yet listed whole (nor refused)
         self.complete = asyncio.Event()  # every scope listed whole once (or refused)
 
@@ -92,11 +104,22 @@ class Informer:
 
     async def _follow(self, scope: str | None) -> None:
         version = self._versions.pop(scope, None)
-        if scope in self._partial:
-            version = None  # listed in part: LIST it whole, then watch from there
+        history = asyncio.create_task(self._list_history(scope)) if scope in self._partial else None
+        try:
+            await self._follow_from(scope, version, history)
+        finally:
+            if history is not None:
+                history.cancel()
+
+    async def _follow_from(self, scope: str | None, version: str | None, history: asyncio.Task | None) -> None:
         while True:
             try:
                 if version is None:
+                    if history is not None:  # a new whole LIST replaces the history LIST
+                        history.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await history
+                        history = None
                     version = await self._list(scope)
                     if version is None:
                         await asyncio.sleep(RECHECK_SECONDS)
@@ -125,14 +148,19 @@ class Informer:
         """LIST one scope (what ``selector`` matches, None: all) into ``observe``; the LIST's
         resourceVersion (None: the namespace refused it)."""
         seen: dict[str, Stub] = {}
+        handed: dict[str, int] = {}  # uid -> resourceVersion, for a LIST in part
         version = ""
         started, pages = time.monotonic(), 0
         try:
             async for page in self.kube.list_pages(self.plural, scope, field_selector=selector):
-                for body in page.items:
+                for n, body in enumerate(page.items, 1):
                     meta = body.get("metadata") or {}
                     seen[meta.get("uid", "")] = Stub.of(meta)
+                    if selector is not None:
+                        handed[meta.get("uid", "")] = _number(meta.get("resourceVersion", ""))
                     self._hand(None, body)
+                    if not n % YIELD_EVERY:
+                        await asyncio.sleep(0)
                 version, pages = page.version, pages + 1  # known once the page's items are taken
         except ApiException as err:
             if selector is not None and err.status == 400 and not pages:
@@ -147,18 +175,57 @@ class Informer:
         if selector is None:
             for uid in self._known.get(scope, {}).keys() - seen.keys():
                 self._hand("DELETED", self._known[scope][uid].deleted(uid))
-            self._partial.discard(scope)
+            self._listed_whole(scope)
         else:
-            self._partial.add(scope)
+            self._partial[scope] = (handed, set())
         self._known[scope] = seen
         self.access.readable(scope)
         log.info("informer.listed", kind=self.plural, namespace=scope, objects=len(seen), pages=pages,
                  seconds=round(time.monotonic() - started, 3), **({"selector": selector} if selector else {}))
-        if selector is None:
-            self._listed_whole(scope)
         return version
 
+    async def _list_history(self, scope: str | None) -> None:
+        """LIST a scope listed in part whole, beside its watch; hand over only what is new to the informer."""
+        while scope in self._partial:
+            started, pages, taken = time.monotonic(), 0, 0
+            try:
+                async for page in self.kube.list_pages(self.plural, scope):
+                    for n, body in enumerate(page.items, 1):
+                        taken += self._take_history(scope, body)
+                        if not n % YIELD_EVERY:
+                            await asyncio.sleep(0)
+                    pages += 1
+            except ApiException as err:
+                if scope is not None and err.status in REFUSED:  # the watch reports it and lists again
+                    log.warning("informer.history_refused", kind=self.plural, namespace=scope, error=describe(err))
+                    break
+                log.warning("informer.history_failed", kind=self.plural, namespace=scope, error=describe(err))
+                await asyncio.sleep(RETRY_ERROR)
+                continue
+            except (*TRANSPORT_ERRORS, ValueError) as err:
+                log.warning("informer.history_failed", kind=self.plural, namespace=scope, error=describe(err))
+                await asyncio.sleep(RETRY_ERROR)
+                continue
+            log.info("informer.listed", kind=self.plural, namespace=scope, objects=taken, pages=pages,
+                     seconds=round(time.monotonic() - started, 3), history=True)
+            break
+        self._partial.pop(scope, None)
+        self._listed_whole(scope)
+
+    def _take_history(self, scope: str | None, body: dict[str, Any]) -> int:
+        """Hand over one object of the history LIST unless a newer version was handed or it was deleted."""
+        handed, deleted = self._partial[scope]
+        meta = body.get("metadata") or {}
+        uid, version = meta.get("uid", ""), _number(meta.get("resourceVersion", ""))
+        if uid in deleted or handed.get(uid, -2) >= version:
+            return 0
+        handed[uid] = version
+        self._known.setdefault(scope, {}).setdefault(uid, Stub.of(meta))
+        self._hand(None, body)
+        return 1
+
     def _listed_whole(self, scope: str | None) -> None:
+        self._partial.pop(scope, None)
         self._unlisted.discard(scope)
         if not self._unlisted:
             self.complete.set()
@@ -173,11 +240,17 @@ class Informer:
                     raise Gone()
                 raise ApiException(status=body.get("code") or 500, reason=body.get("message"))
             meta = body.get("metadata") or {}
+            uid = meta.get("uid", "")
+            partial = self._partial.get(scope)
             if kind in ("ADDED", "MODIFIED"):
-                known[meta.get("uid", "")] = Stub.of(meta)
+                known[uid] = Stub.of(meta)
+                if partial is not None:
+                    partial[0][uid] = _number(meta.get("resourceVersion", ""))
                 self._hand(kind, body)
             elif kind == "DELETED":
-                known.pop(meta.get("uid", ""), None)
+                known.pop(uid, None)
+                if partial is not None:
+                    partial[1].add(uid)
                 self._hand(kind, body)
             version = meta.get("resourceVersion") or version
         return version

@@ -12,12 +12,11 @@ LISTs: the first due schedule is applied knowing every other schedule of its fla
 change it (a finished one orders nothing: the flag's marker does that).
 
 The finished schedules (most of a long history: 100,000 of 110,000 in the scale bench) are read
-after that, by the schedule watch's first LIST (the whole kind), and the watch follows from there.
-Until that LIST is in (``book.complete`` in the log), three things wait: TTL deletions (they need
-the finished schedules), the cron and rollout controllers (they read their schedules' history, so
-they lead only once it is complete), and the sight of schedules created or changed since the first
-LIST (a due schedule changed meanwhile is still safe: its claim carries the resourceVersion the
-operator read, and a conflict makes it read the schedule again).
+after that, by a LIST of the whole kind beside the schedule watch, which runs from the first LIST
+(``informer.py``). Until that LIST is in (``book.complete`` in the log), two things wait: TTL
+deletions of schedules finished before (they need them), and the cron and rollout controllers (they
+read their schedules' history, so they lead only once it is complete); and the book keeps every
+schedule it has not seen in its flags' markers (``Book.awaits_status``).
 """
 
 from __future__ import annotations
@@ -80,6 +79,7 @@ class Runtime:
         self.settings = settings
         self.kube = kube
         self.book = Book(default_ttl=settings.finished_ttl_seconds)
+        self.book.complete = False  # until the finished schedules are listed (``_complete_book``)
         self.endpoints: list[Listener] = []
         now = clock(settings.clock_offset_seconds)
         self.ctx = Ctx(kube=kube, book=self.book, settings=settings, clock=now)
@@ -163,16 +163,20 @@ class Runtime:
         gc.freeze()
 
     async def _complete_book(self) -> None:
-        """Wait for the schedule watch's whole LIST (the finished schedules), the collector paused as in
+        """Wait for the schedules' history LIST (the finished ones), the collector paused as in
         ``_load_book`` (for ``COMPLETE_PAUSE_SECONDS`` at most); then let the controllers lead."""
         gc.disable()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.schedules.complete.wait(), COMPLETE_PAUSE_SECONDS)
+            await asyncio.wait_for(self.schedules.complete.wait(), COMPLETE_PAUSE_SECONDS)
+        except TimeoutError:
+            log.warning("book.incomplete", seconds=COMPLETE_PAUSE_SECONDS,
+                        waiting="TTL deletions of earlier finished schedules, the cron and rollout controllers")
         finally:
             gc.enable()
         await self.schedules.complete.wait()
+        gc.collect()  # what the leader's work left in reference cycles meanwhile, before freezing the rest
         gc.freeze()
+        self.book.complete = True
         log.info("book.complete", live_schedules=self.book.pending_count(),
                  finished_schedules=self.book.finished_count())
         self._lead_controllers()
