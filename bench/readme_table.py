@@ -107,7 +107,7 @@ def _scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("scale: Lease acquired → due schedule applied (process start → leading)",
          f"{_n(r['scale_startup_s'])} s ({_n(h['process_start_to_leading_s'], 1)} s)",
          f"< 30 s: {ok(r['scale_startup_s'] < 30)}"),
-        *([("scale: process start → leading (Lease held and book complete), median of restarts",
+        *([("scale: process start → leading (Lease held, every unfinished schedule read), median of restarts",
             f"{_n(r['scale_start_to_leading_s'], 1)} s (`/healthz` after {_n(h['process_start_to_healthz_s'], 1)} s)",
             f"< 15 s: {ok(r['scale_start_to_leading_s'] < 15)}")] if "scale_start_to_leading_s" in r else []),
         (f"scale: one flag with {one['count']:,} pending, {one['gap_s'] * 1000:.0f} ms apart: lateness p50 / p99 / max",

@@ -9,9 +9,10 @@ process (``bench/cluster.py``):
   measured: its RSS once settled (``scale_rss_mb``, peak and settled), the time from
   ``leader.acquired`` to that schedule's ``appliedAt`` (``scale_startup_s``), and, over
   ``RESTARTS`` restarts, process start → leading (``scale_start_to_leading_s``, the median:
-  ``leader.acquired`` in the log, which the operator reaches only with its Lease held *and* its
-  book complete from its one LIST per kind), process start → ``/healthz`` answering (what the
-  startupProbe must allow) and → ``/readyz`` answering 200 (book complete).
+  ``leader.acquired`` in the log, which the operator reaches only with its Lease held *and* every
+  flag and unfinished schedule in its book; the finished ones follow, ``book.complete``), process
+  start → ``/healthz`` answering (what the startupProbe must allow) and → ``/readyz`` answering 200
+  (the first LISTs done).
 - **one flag**: 1,000 pending schedules of one flag, due 50 ms apart; the lateness of each
   (``appliedAt`` − ``scheduledAt``, both stamped on this machine's clock) gives
   ``one_flag_1k_lateness_p99_s``.

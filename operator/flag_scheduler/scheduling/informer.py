@@ -196,7 +196,10 @@ class Informer:
                             await asyncio.sleep(0)
                     pages += 1
             except ApiException as err:
-                if scope is not None and err.status in REFUSED:  # the watch reports it and lists again
+                # Refused: the watch reports it and lists the namespace whole once readable. Until then
+                # it counts as listed, as a namespace refused at start does, so the other namespaces'
+                # controllers are not held up (cron and rollout names are fixed: a repeat create is a 409).
+                if scope is not None and err.status in REFUSED:
                     log.warning("informer.history_refused", kind=self.plural, namespace=scope, error=describe(err))
                     break
                 log.warning("informer.history_failed", kind=self.plural, namespace=scope, error=describe(err))
