@@ -24,7 +24,7 @@ def decoded(text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return list(page.items), page.meta
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(items=OBJECTS, continue_token=TEXT, indent=st.sampled_from([None, 0, 2]),
        metadata_first=st.booleans())
 def test_any_list_decodes_to_what_json_loads_gives(items: list[dict[str, Any]], continue_token: str,
