@@ -194,7 +194,7 @@ async def test_a_scope_listed_in_part_is_watched_at_once_and_its_history_never_u
     assert seen == [(None, "due")] and not informer.complete.is_set()
     kube.watches.append([informer.complete])  # the watch stays open until the history is in
     with pytest.raises(Done):
-        await informer.run()
+        await asyncio.wait_for(informer.run(), 10)  # a design that lists before it watches hangs here
     assert kube.selectors == ["status.phase!=Applied", None] and kube.watched_from[0] == "7"
     assert seen[1:] == [("MODIFIED", "relabelled"), ("DELETED", "gone"), ("ADDED", "new"), (None, "old")]
     assert informer.complete.is_set()
@@ -212,7 +212,7 @@ async def test_a_410_before_the_history_is_in_lists_whole_and_hands_over_what_va
                         lambda kind, body: seen.append((kind, body["metadata"]["name"])), "status.phase!=Applied")
     await informer.load()
     with pytest.raises(Done):
-        await informer.run()
+        await asyncio.wait_for(informer.run(), 10)
     assert seen[2:] == [(None, "due"), (None, "done"), ("DELETED", "dropped")]
     assert kube.watched_from == ["7", "20"] and informer.complete.is_set()
 
