@@ -92,6 +92,11 @@ WATCH_SECONDS = 240
 MAX_LINE = 8 * 1024 * 1024  # one watch event; etcd refuses objects above ~1.5 MiB
 
 
+def version_number(resource_version: str) -> int:
+    """resourceVersions are opaque, but etcd-backed ones are increasing integers; -1 if not."""
+    return int(resource_version) if resource_version.isdigit() else -1
+
+
 class Page:
     """One page of a LIST: its objects, and the LIST's metadata (its resourceVersion is the same on
     every page). Decoded from the response's text one object at a time, as the objects are taken:

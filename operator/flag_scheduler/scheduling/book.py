@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import pydantic
 
+from flag_scheduler.kube import version_number
 from flag_scheduler.logs import get_logger
 from flag_scheduler.models import TERMINAL, FeatureFlag, FlagSchedule, ObjectRef, parse_time
 from flag_scheduler.scheduling.queues import FlagQueue
@@ -35,9 +36,9 @@ log = get_logger()
 
 
 def _version(body_or_rv: dict[str, Any] | str) -> int:
-    """resourceVersions are opaque, but etcd-backed ones are increasing integers; -1 if not."""
+    """The resourceVersion of an object (or that string) as a number (``kube.version_number``)."""
     rv = body_or_rv if isinstance(body_or_rv, str) else body_or_rv.get("metadata", {}).get("resourceVersion", "")
-    return int(rv) if rv.isdigit() else -1
+    return version_number(rv)
 
 
 def flag_key(schedule: FlagSchedule) -> Key:

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 from kubernetes.aio.client.exceptions import ApiException
 
-from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe
+from flag_scheduler.kube import TRANSPORT_ERRORS, Kube, describe, version_number
 from flag_scheduler.logs import get_logger
 from flag_scheduler.scheduling.namespace_access import RECHECK_SECONDS, REFUSED, NamespaceAccess
 
@@ -48,11 +48,6 @@ log = get_logger()
 Observe = Callable[[str | None, dict[str, Any]], None]
 RETRY_ERROR = 1.0  # seconds before a watch that failed for another reason is opened again
 YIELD_EVERY = 500  # objects of a LIST page taken in before other work gets the event loop
-
-
-def _number(version: str) -> int:
-    """resourceVersions are opaque, but etcd-backed ones are increasing integers; -1 if not."""
-    return int(version) if version.isdigit() else -1
 
 
 class Gone(Exception):
@@ -77,6 +72,13 @@ class Stub(NamedTuple):
         return {"metadata": meta}
 
 
+class Handed(NamedTuple):
+    """What the informer handed over of a scope listed in part, since its first LIST."""
+
+    versions: dict[str, int]  # uid -> resourceVersion
+    deleted: set[str]  # uids the watch deleted
+
+
 class Informer:
     """LIST then WATCH one kind in every watched namespace, handing each object to ``observe``."""
 
@@ -89,7 +91,7 @@ class Informer:
         self._known: dict[str | None, dict[str, Stub]] = {}  # scope -> uid -> stub
         # Scopes listed only as far as ``first_selector`` goes, until their history is in: the versions
         # handed over since the first LIST (uid -> resourceVersion) and the uids the watch deleted.
-        self._partial: dict[str | None, tuple[dict[str, int], set[str]]] = {}
+        self._partial: dict[str | None, Handed] = {}
         self._unlisted: set[str | None] = set(self.scopes)  # scopes not yet listed whole (nor refused)
         self.complete = asyncio.Event()  # every scope listed whole once (or refused)
 
@@ -157,7 +159,7 @@ class Informer:
                     meta = body.get("metadata") or {}
                     seen[meta.get("uid", "")] = Stub.of(meta)
                     if selector is not None:
-                        handed[meta.get("uid", "")] = _number(meta.get("resourceVersion", ""))
+                        handed[meta.get("uid", "")] = version_number(meta.get("resourceVersion", ""))
                     self._hand(None, body)
                     if not n % YIELD_EVERY:
                         await asyncio.sleep(0)
@@ -177,7 +179,7 @@ class Informer:
                 self._hand("DELETED", self._known[scope][uid].deleted(uid))
             self._listed_whole(scope)
         else:
-            self._partial[scope] = (handed, set())
+            self._partial[scope] = Handed(handed, set())
         self._known[scope] = seen
         self.access.readable(scope)
         log.info("informer.listed", kind=self.plural, namespace=scope, objects=len(seen), pages=pages,
@@ -219,7 +221,7 @@ class Informer:
         """Hand over one object of the history LIST unless a newer version was handed or it was deleted."""
         handed, deleted = self._partial[scope]
         meta = body.get("metadata") or {}
-        uid, version = meta.get("uid", ""), _number(meta.get("resourceVersion", ""))
+        uid, version = meta.get("uid", ""), version_number(meta.get("resourceVersion", ""))
         if uid in deleted or handed.get(uid, -2) >= version:
             return 0
         handed[uid] = version
@@ -248,12 +250,12 @@ class Informer:
             if kind in ("ADDED", "MODIFIED"):
                 known[uid] = Stub.of(meta)
                 if partial is not None:
-                    partial[0][uid] = _number(meta.get("resourceVersion", ""))
+                    partial.versions[uid] = version_number(meta.get("resourceVersion", ""))
                 self._hand(kind, body)
             elif kind == "DELETED":
                 known.pop(uid, None)
                 if partial is not None:
-                    partial[1].add(uid)
+                    partial.deleted.add(uid)
                 self._hand(kind, body)
             version = meta.get("resourceVersion") or version
         return version
